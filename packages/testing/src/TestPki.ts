@@ -84,6 +84,14 @@ export type ExtendedKeyUsageName =
   | "timeStamping"
   | "ocspSigning"
 
+/** Subject Alternative Names to write; IPs as text (`10.0.0.1`, `::1`). */
+export interface SubjectAltNames {
+  readonly dns?: ReadonlyArray<string>
+  readonly ip?: ReadonlyArray<string>
+  readonly email?: ReadonlyArray<string>
+  readonly uri?: ReadonlyArray<string>
+}
+
 /** How the private key file is encoded. */
 export type KeyFormat = "pkcs8" | "legacy"
 
@@ -114,7 +122,7 @@ export interface CommonOptions {
   /** Extended Key Usage names or dotted OIDs; `null` leaves the extension out. */
   readonly extendedKeyUsage?: ReadonlyArray<ExtendedKeyUsageName | (string & {})> | null
   /** Subject Alternative Names; `null` leaves the extension out. */
-  readonly san?: { readonly dns?: ReadonlyArray<string>; readonly ip?: ReadonlyArray<string> } | null
+  readonly san?: SubjectAltNames | null
 }
 
 /** Options of a root or intermediate CA. */
@@ -258,7 +266,9 @@ export const make = async (options: MakeOptions = {}): Promise<TestPki> => {
     if (san !== null) {
       const names: Array<x509.JsonGeneralName> = [
         ...(san.dns ?? []).map((value) => ({ type: "dns" as const, value })),
-        ...(san.ip ?? []).map((value) => ({ type: "ip" as const, value }))
+        ...(san.ip ?? []).map((value) => ({ type: "ip" as const, value })),
+        ...(san.email ?? []).map((value) => ({ type: "email" as const, value })),
+        ...(san.uri ?? []).map((value) => ({ type: "url" as const, value }))
       ]
       if (names.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(names, false))
     }
@@ -419,7 +429,7 @@ const formatRfc4514 = (subject: Exclude<Subject, string>): string =>
 // Extensions, keys, encodings
 // ---------------------------------------------------------------------------------------------
 
-const defaultSan = { dns: ["localhost"], ip: ["127.0.0.1", "::1"] } as const
+const defaultSan: SubjectAltNames = { dns: ["localhost"], ip: ["127.0.0.1", "::1"] }
 
 const defaultKeyUsage = (kind: "ca" | "intermediate" | "leaf"): ReadonlyArray<KeyUsageName> =>
   kind === "leaf" ? ["digitalSignature", "keyEncipherment"] : ["keyCertSign", "cRLSign"]
