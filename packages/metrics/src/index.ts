@@ -1,1 +1,4 @@
-export {}
+/**
+ * @sleeve/metrics: Sleeve's Prometheus metrics behind an Effect service (see `Metrics`).
+ */
+export * as Metrics from "./Metrics.ts"
