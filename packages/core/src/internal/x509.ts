@@ -6,6 +6,6 @@ import "reflect-metadata"
 import * as x509 from "@peculiar/x509"
 import { webcrypto } from "node:crypto"
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto)
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0])
 
 export { x509 }

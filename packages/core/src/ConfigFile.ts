@@ -1,0 +1,597 @@
+/**
+ * The Sleeve configuration file: named TLS configurations (IRIS `Security.SSLConfigs`), listeners
+ * and the admin endpoint, in YAML (or JSON, which is YAML).
+ *
+ * Decoding is two passes over the parsed document. The first is structural (an Effect `Schema`:
+ * types, literals, unknown keys); the second is semantic (addresses, durations, DNs, references
+ * between listeners and TLS configurations, combinations that would be unsafe). Both collect every
+ * problem, so an operator fixes a file in one go; each problem names the file, the path inside the
+ * document and the rule, e.g.
+ * `sleeve.yaml: tls.MyCfg.protocols.min: expected "TLSv1.2" | "TLSv1.3", got "TLSv1"`.
+ *
+ * This module reads no file but the configuration itself: certificates and keys are loaded and
+ * checked by `TlsMaterial`, which works on the decoded model.
+ */
+import { Data, Result, Schema, SchemaIssue } from "effect"
+import * as Path from "node:path"
+import * as Yaml from "yaml"
+import * as DistinguishedName from "./DistinguishedName.ts"
+
+// ---------------------------------------------------------------------------------------------
+// Structural schema (the file's shape)
+// ---------------------------------------------------------------------------------------------
+
+const ProtocolVersion = Schema.Literals(["TLSv1.2", "TLSv1.3"])
+/** Either a number of seconds or a string such as `500ms`, `10s`, `5m`, `1h`. */
+const DurationInput = Schema.Union([Schema.Number, Schema.String])
+
+const PasswordSourceSchema = Schema.Union([
+  Schema.Struct({ env: Schema.NonEmptyString }),
+  Schema.Struct({ file: Schema.NonEmptyString }),
+  Schema.Struct({ prompt: Schema.Literal(true) })
+])
+
+const TlsConfigSchema = Schema.Struct({
+  description: Schema.optionalKey(Schema.String),
+  enabled: Schema.optionalKey(Schema.Boolean),
+  type: Schema.Literals(["client", "server"]),
+  caFile: Schema.optionalKey(Schema.NonEmptyString),
+  certificateFile: Schema.optionalKey(Schema.NonEmptyString),
+  privateKeyFile: Schema.optionalKey(Schema.NonEmptyString),
+  privateKeyType: Schema.optionalKey(Schema.Literals(["RSA", "EC", "Ed25519"])),
+  privateKeyPassword: Schema.optionalKey(PasswordSourceSchema),
+  protocols: Schema.optionalKey(
+    Schema.Struct({ min: Schema.optionalKey(ProtocolVersion), max: Schema.optionalKey(ProtocolVersion) })
+  ),
+  cipherList: Schema.optionalKey(Schema.NonEmptyString),
+  cipherSuites: Schema.optionalKey(Schema.NonEmptyString),
+  verifyPeer: Schema.optionalKey(Schema.Literals(["none", "request", "require"])),
+  verifyDepth: Schema.optionalKey(Schema.Int),
+  crlFile: Schema.optionalKey(Schema.NonEmptyString),
+  authorizedPeers: Schema.optionalKey(Schema.Array(Schema.String)),
+  requireDualUse: Schema.optionalKey(Schema.Boolean)
+})
+
+const ListenerSchema = Schema.Struct({
+  name: Schema.NonEmptyString,
+  mode: Schema.Literals(["terminate", "originate", "starttls"]),
+  listen: Schema.NonEmptyString,
+  target: Schema.NonEmptyString,
+  tls: Schema.NonEmptyString,
+  // originate (and client-side starttls): the name sent as SNI and checked against the certificate
+  serverName: Schema.optionalKey(Schema.NonEmptyString),
+  // originate: explicit, loud opt-out of hostname verification (chain verification stays on)
+  insecureSkipHostnameVerification: Schema.optionalKey(Schema.Boolean),
+  // starttls
+  protocol: Schema.optionalKey(Schema.Literals(["smtp", "imap", "pop3", "ldap", "postgres", "line"])),
+  side: Schema.optionalKey(Schema.Literals(["server", "client"])),
+  requireTls: Schema.optionalKey(Schema.Boolean),
+  maxCleartextBytes: Schema.optionalKey(Schema.Int),
+  line: Schema.optionalKey(Schema.Struct({ command: Schema.NonEmptyString, reply: Schema.NonEmptyString })),
+  clientName: Schema.optionalKey(Schema.NonEmptyString),
+  // limits and timeouts
+  handshakeTimeout: Schema.optionalKey(DurationInput),
+  idleTimeout: Schema.optionalKey(DurationInput),
+  connectTimeout: Schema.optionalKey(DurationInput),
+  maxConnections: Schema.optionalKey(Schema.Int)
+})
+
+const FileSchema = Schema.Struct({
+  tls: Schema.Record(Schema.String, TlsConfigSchema),
+  listeners: Schema.optionalKey(Schema.Array(ListenerSchema)),
+  admin: Schema.optionalKey(Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })),
+  drainTimeout: Schema.optionalKey(DurationInput),
+  expiryWarning: Schema.optionalKey(DurationInput)
+})
+
+type RawFile = typeof FileSchema.Type
+type RawTlsConfig = typeof TlsConfigSchema.Type
+type RawListener = typeof ListenerSchema.Type
+
+// ---------------------------------------------------------------------------------------------
+// Models (the decoded, validated configuration)
+// ---------------------------------------------------------------------------------------------
+
+/** A TCP or UNIX-socket address: `host:port`, `[v6]:port` or `unix:/path`. */
+export type Address =
+  | { readonly _tag: "Tcp"; readonly host: string; readonly port: number }
+  | { readonly _tag: "Unix"; readonly path: string }
+
+/** Where a private key password comes from. Never the password itself. */
+export type PasswordSource =
+  | { readonly _tag: "Env"; readonly name: string }
+  | { readonly _tag: "File"; readonly path: string }
+  | { readonly _tag: "Prompt" }
+
+/** `none`: no certificate asked; `request`: asked, verified if sent; `require`: must be sent and verify. */
+export type VerifyPeer = "none" | "request" | "require"
+
+/** A named TLS configuration (IRIS `Security.SSLConfigs`), with defaults applied and paths resolved. */
+export interface TlsConfig {
+  readonly name: string
+  readonly description: string
+  readonly enabled: boolean
+  readonly type: "client" | "server"
+  readonly caFile: string | undefined
+  readonly certificateFile: string | undefined
+  readonly privateKeyFile: string | undefined
+  readonly privateKeyType: "RSA" | "EC" | "Ed25519" | undefined
+  readonly privateKeyPassword: PasswordSource | undefined
+  readonly minVersion: "TLSv1.2" | "TLSv1.3"
+  readonly maxVersion: "TLSv1.2" | "TLSv1.3"
+  readonly cipherList: string
+  readonly cipherSuites: string | undefined
+  readonly verifyPeer: VerifyPeer
+  readonly verifyDepth: number
+  readonly crlFile: string | undefined
+  readonly authorizedPeers: ReadonlyArray<DistinguishedName.DistinguishedName>
+  readonly requireDualUse: boolean
+}
+
+/** STARTTLS protocols Sleeve speaks on an app's behalf. */
+export type StarttlsProtocol = "smtp" | "imap" | "pop3" | "ldap" | "postgres" | "line"
+
+/** A listener: where Sleeve accepts, where it forwards, with which TLS configuration. */
+export interface Listener {
+  readonly name: string
+  readonly mode: "terminate" | "originate" | "starttls"
+  readonly listen: Address
+  readonly target: Address
+  readonly tls: string
+  readonly serverName: string | undefined
+  readonly insecureSkipHostnameVerification: boolean
+  readonly starttls:
+    | {
+        readonly protocol: StarttlsProtocol
+        readonly side: "server" | "client"
+        readonly requireTls: boolean
+        readonly maxCleartextBytes: number
+        readonly line: { readonly command: string; readonly reply: string } | undefined
+        readonly clientName: string
+      }
+    | undefined
+  readonly handshakeTimeoutMs: number
+  /** 0 disables the idle timeout. */
+  readonly idleTimeoutMs: number
+  readonly connectTimeoutMs: number
+  readonly maxConnections: number
+}
+
+/** The whole decoded file. */
+export interface SleeveConfig {
+  /** Absolute path of the file this was read from (relative paths inside it are resolved from its folder). */
+  readonly file: string
+  readonly tls: ReadonlyMap<string, TlsConfig>
+  readonly listeners: ReadonlyArray<Listener>
+  readonly admin: { readonly listen: Address } | undefined
+  readonly drainTimeoutMs: number
+  readonly expiryWarningMs: number
+}
+
+/** Defaults, in one place so the docs' configuration reference can quote them. */
+export const defaults = {
+  minVersion: "TLSv1.2",
+  maxVersion: "TLSv1.3",
+  /** TLS 1.2: forward-secret ECDHE key exchange with AEAD ciphers only (no CBC, no RSA kx, no SHA-1 MACs). */
+  cipherList:
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" +
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+  verifyDepth: 9,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 3_600_000,
+  connectTimeoutMs: 10_000,
+  maxConnections: 1024,
+  maxCleartextBytes: 65_536,
+  drainTimeoutMs: 30_000,
+  expiryWarningMs: 14 * 86_400_000,
+  adminListen: "127.0.0.1:9464"
+} as const
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/** One problem in a configuration: where (file and path inside the document) and which rule. */
+export interface Problem {
+  readonly file: string
+  /** Dotted path inside the document, e.g. `tls.MyCfg.protocols.min` or `listeners[0].tls`. */
+  readonly path: string
+  readonly rule: string
+  readonly severity: "error" | "warning"
+}
+
+/** Renders a problem as one line: `file: path: rule`. */
+export const formatProblem = (p: Problem): string =>
+  `${p.file}: ${p.path === "" ? "" : `${p.path}: `}${p.severity === "warning" ? "warning: " : ""}${p.rule}`
+
+/** The configuration could not be decoded; `problems` lists every error found (never empty). */
+export class ConfigError extends Data.TaggedError("ConfigError")<{
+  readonly file: string
+  readonly problems: ReadonlyArray<Problem>
+}> {
+  override get message(): string {
+    return this.problems.map(formatProblem).join("\n")
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers: addresses, durations, paths
+// ---------------------------------------------------------------------------------------------
+
+/** Parses `host:port`, `[v6]:port` or `unix:/path`; the error text is the rule broken. */
+export const parseAddress = (input: string): Result.Result<Address, string> => {
+  if (input.startsWith("unix:")) {
+    const path = input.slice("unix:".length)
+    return path === "" ? Result.fail(`expected "unix:/path", got "${input}"`) : Result.succeed({ _tag: "Unix", path })
+  }
+  const m = /^(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(input)
+  if (m === null) {
+    return Result.fail(`expected "host:port", "[v6]:port" or "unix:/path", got "${input}"`)
+  }
+  const port = Number(m[3])
+  if (port < 0 || port > 65535) return Result.fail(`port must be between 0 and 65535, got ${port}`)
+  return Result.succeed({ _tag: "Tcp", host: (m[1] ?? m[2]) as string, port })
+}
+
+/** Formats an address back to its configuration form. */
+export const formatAddress = (a: Address): string =>
+  a._tag === "Unix" ? `unix:${a.path}` : a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** Parses a duration: a number of seconds, or `<n>ms|s|m|h|d`; returns milliseconds. */
+export const parseDuration = (input: number | string): Result.Result<number, string> => {
+  if (typeof input === "number") {
+    return Number.isFinite(input) && input >= 0
+      ? Result.succeed(Math.round(input * 1000))
+      : Result.fail(`expected a non-negative number of seconds, got ${input}`)
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(input)
+  if (m === null) return Result.fail(`expected a duration such as "500ms", "10s", "5m" or "1h", got "${input}"`)
+  return Result.succeed(Math.round(Number(m[1]) * (durationUnits[m[2] as string] as number)))
+}
+
+const showValue = (v: unknown): string => {
+  if (v === undefined) return "nothing"
+  const s = JSON.stringify(v)
+  return s === undefined ? String(v) : s.length > 60 ? `${s.slice(0, 57)}...` : s
+}
+
+const formatPath = (path: ReadonlyArray<PropertyKey>): string => {
+  let out = ""
+  for (const seg of path) {
+    if (typeof seg === "number") out += `[${seg}]`
+    else out += out === "" ? String(seg) : `.${String(seg)}`
+  }
+  return out
+}
+
+const valueAt = (root: unknown, path: ReadonlyArray<PropertyKey>): unknown => {
+  let cur: unknown = root
+  for (const seg of path) {
+    if (cur === null || typeof cur !== "object") return undefined
+    cur = (cur as Record<PropertyKey, unknown>)[seg as string]
+  }
+  return cur
+}
+
+const deprecatedProtocols = new Set(["TLSv1", "TLSv1.0", "TLSv1.1", "SSLv3", "SSLv2"])
+
+/** Turns one schema issue into the rule text an operator reads. */
+const structuralRule = (raw: unknown, path: ReadonlyArray<PropertyKey>, message: string): string => {
+  const value = valueAt(raw, path)
+  const last = path[path.length - 1]
+  if (message === "Expected no excess property") return `unknown key "${String(last)}"`
+  if (message === "Missing key") return "required key is missing"
+  const parent = path[path.length - 2]
+  if (parent === "protocols" && typeof value === "string" && deprecatedProtocols.has(value)) {
+    return (
+      `expected "TLSv1.2" | "TLSv1.3", got "${value}": TLS 1.0/1.1 (and SSL) are refused — ` +
+      "they are deprecated by RFC 8996 and lack modern AEAD ciphers; upgrade the peer to TLS 1.2 or later"
+    )
+  }
+  if (path.length >= 3 && path[0] === "tls" && last === "privateKeyPassword") {
+    return "expected { env: NAME }, { file: PATH } or { prompt: true } — the password itself never goes in the file"
+  }
+  const expected = message.startsWith("Expected ") ? message.slice("Expected ".length) : message
+  return `expected ${expected}, got ${showValue(value)}`
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Decodes a configuration from its text. `file` names it in errors and anchors relative paths.
+ * Returns every problem at once.
+ */
+export const decode = (text: string, file: string): Result.Result<SleeveConfig, ConfigError> => {
+  const absFile = Path.resolve(file)
+  const shown = file
+  const problems: Array<Problem> = []
+  const error = (path: string, rule: string) => problems.push({ file: shown, path, rule, severity: "error" })
+
+  // syntax
+  const doc = Yaml.parseDocument(text, { prettyErrors: false, uniqueKeys: true })
+  if (doc.errors.length > 0) {
+    for (const e of doc.errors) {
+      const pos = e.linePos?.[0]
+      error("", `${pos ? `line ${pos.line}, column ${pos.col}: ` : ""}invalid YAML: ${e.message.split("\n")[0]}`)
+    }
+    return Result.fail(new ConfigError({ file: shown, problems }))
+  }
+  const raw: unknown = doc.toJS()
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    error("", `expected a mapping with "tls" and "listeners", got ${showValue(raw)}`)
+    return Result.fail(new ConfigError({ file: shown, problems }))
+  }
+
+  // structure
+  const structural = Schema.decodeUnknownExit(FileSchema)(raw, { errors: "all", onExcessProperty: "error" })
+  if (structural._tag === "Failure") {
+    const issue = findSchemaIssue(structural.cause)
+    if (issue === undefined) throw new Error("schema decoding failed without an issue")
+    for (const i of SchemaIssue.makeFormatterStandardSchemaV1()(issue).issues) {
+      const path = (i.path ?? []).map((p) => (typeof p === "object" && p !== null && "key" in p ? p.key : p))
+      error(formatPath(path), structuralRule(raw, path, i.message))
+    }
+    return Result.fail(new ConfigError({ file: shown, problems }))
+  }
+  const decoded = structural.value
+
+  // semantics
+  const base = Path.dirname(absFile)
+  const tls = new Map<string, TlsConfig>()
+  for (const [name, cfg] of Object.entries(decoded.tls)) {
+    tls.set(
+      name,
+      decodeTlsConfig(name, cfg, base, (p, r) => error(`tls.${name}.${p}`, r))
+    )
+  }
+  const listeners = (decoded.listeners ?? []).flatMap((l, i) => {
+    const r = decodeListener(l, tls, (p, rule) => error(`listeners[${i}]${p === "" ? "" : `.${p}`}`, rule))
+    return r === undefined ? [] : [r]
+  })
+  checkListenerSet(listeners, error)
+  const admin = decodeAdmin(decoded, error)
+  const drainTimeoutMs = durationOr(decoded.drainTimeout, defaults.drainTimeoutMs, "drainTimeout", error)
+  const expiryWarningMs = durationOr(decoded.expiryWarning, defaults.expiryWarningMs, "expiryWarning", error)
+
+  if (problems.length > 0) return Result.fail(new ConfigError({ file: shown, problems }))
+  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs })
+}
+
+const findSchemaIssue = (cause: unknown): SchemaIssue.Issue | undefined => {
+  const reasons = (cause as { reasons?: ReadonlyArray<{ _tag: string; error?: unknown }> }).reasons ?? []
+  for (const r of reasons) {
+    if (r._tag === "Fail" && Schema.isSchemaError(r.error)) return r.error.issue
+  }
+  return undefined
+}
+
+const durationOr = (
+  input: number | string | undefined,
+  fallback: number,
+  path: string,
+  error: (path: string, rule: string) => void
+): number => {
+  if (input === undefined) return fallback
+  const r = parseDuration(input)
+  if (Result.isFailure(r)) {
+    error(path, r.failure)
+    return fallback
+  }
+  return r.success
+}
+
+const decodeTlsConfig = (
+  name: string,
+  cfg: RawTlsConfig,
+  base: string,
+  error: (path: string, rule: string) => void
+): TlsConfig => {
+  const resolve = (p: string | undefined) => (p === undefined ? undefined : Path.resolve(base, p))
+  const minVersion = cfg.protocols?.min ?? defaults.minVersion
+  const maxVersion = cfg.protocols?.max ?? defaults.maxVersion
+  if (minVersion === "TLSv1.3" && maxVersion === "TLSv1.2") {
+    error("protocols", `min (${minVersion}) is above max (${maxVersion})`)
+  }
+  // Secure default: a client verifies the server it talks to; a server asks for nothing unless told.
+  const verifyPeer: VerifyPeer = cfg.verifyPeer ?? (cfg.type === "client" ? "require" : "none")
+  if (cfg.type === "server" && (cfg.certificateFile === undefined || cfg.privateKeyFile === undefined)) {
+    error(
+      cfg.certificateFile === undefined ? "certificateFile" : "privateKeyFile",
+      "a server configuration needs certificateFile and privateKeyFile"
+    )
+  }
+  if ((cfg.certificateFile === undefined) !== (cfg.privateKeyFile === undefined)) {
+    error(
+      cfg.certificateFile === undefined ? "certificateFile" : "privateKeyFile",
+      "certificateFile and privateKeyFile go together"
+    )
+  }
+  if (verifyPeer !== "none" && cfg.caFile === undefined) {
+    error("caFile", `verifyPeer: ${verifyPeer} needs a caFile with the certificate authorities to trust`)
+  }
+  if (cfg.privateKeyPassword !== undefined && cfg.privateKeyFile === undefined) {
+    error("privateKeyPassword", "set without a privateKeyFile")
+  }
+  const verifyDepth = cfg.verifyDepth ?? defaults.verifyDepth
+  if (verifyDepth < 0 || verifyDepth > 100) error("verifyDepth", `expected 0 to 100, got ${verifyDepth}`)
+  const authorizedPeers: Array<DistinguishedName.DistinguishedName> = []
+  ;(cfg.authorizedPeers ?? []).forEach((s, i) => {
+    const r = DistinguishedName.parse(s)
+    if (Result.isFailure(r)) error(`authorizedPeers[${i}]`, `not a distinguished name: ${r.failure.message}`)
+    else authorizedPeers.push(r.success)
+  })
+  // Authorization without verification would trust whatever the peer claims: fail closed.
+  if (authorizedPeers.length > 0 && verifyPeer !== "require") {
+    error(
+      "authorizedPeers",
+      `needs verifyPeer: require (it is ${verifyPeer}); a DN is only trusted on a verified chain`
+    )
+  }
+  if (cfg.requireDualUse === true && verifyPeer !== "require") {
+    error("requireDualUse", `needs verifyPeer: require (it is ${verifyPeer})`)
+  }
+  const pw = cfg.privateKeyPassword
+  const privateKeyPassword: PasswordSource | undefined =
+    pw === undefined
+      ? undefined
+      : "env" in pw
+        ? { _tag: "Env", name: pw.env }
+        : "file" in pw
+          ? { _tag: "File", path: Path.resolve(base, pw.file) }
+          : { _tag: "Prompt" }
+  return {
+    name,
+    description: cfg.description ?? "",
+    enabled: cfg.enabled ?? true,
+    type: cfg.type,
+    caFile: resolve(cfg.caFile),
+    certificateFile: resolve(cfg.certificateFile),
+    privateKeyFile: resolve(cfg.privateKeyFile),
+    privateKeyType: cfg.privateKeyType,
+    privateKeyPassword,
+    minVersion,
+    maxVersion,
+    cipherList: cfg.cipherList ?? defaults.cipherList,
+    cipherSuites: cfg.cipherSuites,
+    verifyPeer,
+    verifyDepth,
+    crlFile: resolve(cfg.crlFile),
+    authorizedPeers,
+    requireDualUse: cfg.requireDualUse ?? false
+  }
+}
+
+const requiredTlsType = (l: RawListener): "server" | "client" =>
+  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.side ?? "server")
+
+const decodeListener = (
+  l: RawListener,
+  tls: ReadonlyMap<string, TlsConfig>,
+  error: (path: string, rule: string) => void
+): Listener | undefined => {
+  const before = { n: 0 }
+  const err = (p: string, r: string) => {
+    before.n++
+    error(p, r)
+  }
+  const listen = parseAddress(l.listen)
+  if (Result.isFailure(listen)) err("listen", listen.failure)
+  else if (listen.success._tag === "Unix") err("listen", "listening on a UNIX socket is not supported; use host:port")
+  const target = parseAddress(l.target)
+  if (Result.isFailure(target)) err("target", target.failure)
+  else if (target.success._tag === "Tcp" && target.success.port === 0) err("target", "port 0 is not a target")
+
+  // The reference to a TLS configuration: it must exist, be enabled and be of the role the mode needs.
+  const cfg = tls.get(l.tls)
+  const wanted = requiredTlsType(l)
+  if (cfg === undefined) {
+    const known = [...tls.keys()]
+    err("tls", `no TLS configuration named "${l.tls}"${known.length > 0 ? ` (known: ${known.join(", ")})` : ""}`)
+  } else if (!cfg.enabled) {
+    err("tls", `TLS configuration "${l.tls}" is disabled (enabled: false)`)
+  } else if (cfg.type !== wanted) {
+    err(
+      "tls",
+      `TLS configuration "${l.tls}" is of type ${cfg.type}, but a ${l.mode}${l.mode === "starttls" ? ` side: ${wanted}` : ""} listener needs type ${wanted}`
+    )
+  }
+
+  const starttlsOnly = ["protocol", "side", "requireTls", "maxCleartextBytes", "line", "clientName"] as const
+  if (l.mode !== "starttls") {
+    for (const k of starttlsOnly) if (l[k] !== undefined) err(k, `only applies to mode: starttls`)
+  } else if (l.protocol === undefined) {
+    err("protocol", "mode: starttls needs a protocol (smtp | imap | pop3 | ldap | postgres | line)")
+  } else if (l.protocol === "line" && l.line === undefined) {
+    err("line", "protocol: line needs line: { command, reply }")
+  } else if (l.protocol !== "line" && l.line !== undefined) {
+    err("line", "only applies to protocol: line")
+  }
+  if (wanted === "server" && (l.serverName !== undefined || l.insecureSkipHostnameVerification !== undefined)) {
+    err(
+      l.serverName !== undefined ? "serverName" : "insecureSkipHostnameVerification",
+      "only applies to client-side TLS"
+    )
+  }
+  if (l.maxConnections !== undefined && l.maxConnections < 1) {
+    err("maxConnections", `expected at least 1, got ${l.maxConnections}`)
+  }
+  if (l.maxCleartextBytes !== undefined && l.maxCleartextBytes < 64) {
+    err("maxCleartextBytes", `expected at least 64, got ${l.maxCleartextBytes}`)
+  }
+  const dur = (k: "handshakeTimeout" | "idleTimeout" | "connectTimeout", fallback: number) =>
+    durationOr(l[k], fallback, k, err)
+  const handshakeTimeoutMs = dur("handshakeTimeout", defaults.handshakeTimeoutMs)
+  const idleTimeoutMs = dur("idleTimeout", defaults.idleTimeoutMs)
+  const connectTimeoutMs = dur("connectTimeout", defaults.connectTimeoutMs)
+  if (handshakeTimeoutMs === 0) err("handshakeTimeout", "must be above 0")
+  if (connectTimeoutMs === 0) err("connectTimeout", "must be above 0")
+
+  if (before.n > 0 || Result.isFailure(listen) || Result.isFailure(target)) return undefined
+  const targetAddress = target.success
+  return {
+    name: l.name,
+    mode: l.mode,
+    listen: listen.success,
+    target: targetAddress,
+    tls: l.tls,
+    serverName: l.serverName ?? (wanted === "client" && targetAddress._tag === "Tcp" ? targetAddress.host : undefined),
+    insecureSkipHostnameVerification: l.insecureSkipHostnameVerification ?? false,
+    starttls:
+      l.mode === "starttls" && l.protocol !== undefined
+        ? {
+            protocol: l.protocol,
+            side: l.side ?? "server",
+            requireTls: l.requireTls ?? true,
+            maxCleartextBytes: l.maxCleartextBytes ?? defaults.maxCleartextBytes,
+            line: l.line,
+            clientName: l.clientName ?? "localhost"
+          }
+        : undefined,
+    handshakeTimeoutMs,
+    idleTimeoutMs,
+    connectTimeoutMs,
+    maxConnections: l.maxConnections ?? defaults.maxConnections
+  }
+}
+
+const checkListenerSet = (listeners: ReadonlyArray<Listener>, error: (path: string, rule: string) => void): void => {
+  const names = new Map<string, number>()
+  const addresses = new Map<string, number>()
+  listeners.forEach((l, i) => {
+    const n = names.get(l.name)
+    if (n !== undefined) error(`listeners[${i}].name`, `duplicate listener name "${l.name}" (also listeners[${n}])`)
+    else names.set(l.name, i)
+    if (l.listen._tag === "Tcp" && l.listen.port !== 0) {
+      const key = formatAddress(l.listen)
+      const a = addresses.get(key)
+      if (a !== undefined) error(`listeners[${i}].listen`, `address ${key} is also used by listeners[${a}]`)
+      else addresses.set(key, i)
+    }
+  })
+}
+
+const decodeAdmin = (decoded: RawFile, error: (path: string, rule: string) => void): SleeveConfig["admin"] => {
+  const listen = decoded.admin?.listen ?? defaults.adminListen
+  const r = parseAddress(listen)
+  if (Result.isFailure(r)) {
+    error("admin.listen", r.failure)
+    return undefined
+  }
+  if (r.success._tag === "Unix") {
+    error("admin.listen", "the admin endpoint listens on host:port")
+    return undefined
+  }
+  return { listen: r.success }
+}
+
+/** Listeners that use a TLS configuration (used to report which listeners a broken configuration affects). */
+export const listenersUsing = (config: SleeveConfig, tlsName: string): ReadonlyArray<Listener> =>
+  config.listeners.filter((l) => l.tls === tlsName)
+
+/** The TLS role a listener plays on its TLS leg. */
+export const tlsRole = (l: Listener): "server" | "client" =>
+  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.starttls?.side ?? "server")

@@ -1,0 +1,97 @@
+/**
+ * Peer authorization: the decision Sleeve takes on a peer once OpenSSL has finished the
+ * handshake, in both roles (seed "TLS with Mirroring": the client authenticates the server, the
+ * server authenticates the client, and either drops the connection on a mismatch).
+ *
+ * The checks run in a fixed order, and the first failure is the reason reported:
+ * 1. a certificate was presented (`verifyPeer: require`; `request` lets a peer without one pass);
+ * 2. its chain verified to the configured CA (OpenSSL's verdict — never re-implemented here);
+ * 3. the chain is no deeper than `verifyDepth`;
+ * 4. the leaf satisfies the dual-use rule (`requireDualUse`);
+ * 5. the leaf's subject DN equals one of `authorizedPeers`, compared as structured DNs
+ *    (RFC 4517 matching), never as strings, so `CN=node1\,O=Trusted` is not `CN=node1,O=Trusted`.
+ *
+ * Pure: it takes what the TLS engine observed and returns a decision.
+ */
+import { Option, Result } from "effect"
+import * as Certificate from "./Certificate.ts"
+import type * as ConfigFile from "./ConfigFile.ts"
+import * as DistinguishedName from "./DistinguishedName.ts"
+
+/** What the TLS engine observed about the peer. */
+export interface Observed {
+  /** Peer chain as presented, leaf first (empty when the peer sent no certificate). */
+  readonly chain: ReadonlyArray<Certificate.Certificate>
+  /** OpenSSL's verification verdict. */
+  readonly verified: boolean
+  /** OpenSSL's verification error code (e.g. `UNABLE_TO_GET_ISSUER_CERT_LOCALLY`) when not verified. */
+  readonly verifyError: string | undefined
+}
+
+/** Why a peer was denied; each maps to a metric reason and a troubleshooting entry. */
+export type DenyReason = "no_certificate" | "unverified" | "depth" | "dual_use" | "dn_not_authorized"
+
+/** The decision. */
+export type Decision =
+  | { readonly _tag: "Allow"; readonly peer: Certificate.Certificate | undefined }
+  | {
+      readonly _tag: "Deny"
+      readonly reason: DenyReason
+      /** One sentence for logs and `sleeve explain`. */
+      readonly detail: string
+      readonly peer: Certificate.Certificate | undefined
+      /** OpenSSL's code, for `unverified`. */
+      readonly verifyError?: string | undefined
+      /** For `dn_not_authorized`: the closest authorized DN and how it differs. */
+      readonly nearest?: DistinguishedName.Nearest | undefined
+    }
+
+/** Runs the checks (see the module header) for a TLS configuration. */
+export const authorize = (config: ConfigFile.TlsConfig, observed: Observed): Decision => {
+  const leaf = observed.chain[0]
+  if (config.verifyPeer === "none") return { _tag: "Allow", peer: leaf }
+  // verifyPeer
+  if (leaf === undefined) {
+    return config.verifyPeer === "require"
+      ? { _tag: "Deny", reason: "no_certificate", detail: "the peer presented no certificate", peer: undefined }
+      : { _tag: "Allow", peer: undefined }
+  }
+  // caFile: OpenSSL's chain verification
+  if (!observed.verified) {
+    return {
+      _tag: "Deny",
+      reason: "unverified",
+      detail: `the peer certificate did not verify against caFile: ${observed.verifyError ?? "unknown error"}`,
+      peer: leaf,
+      verifyError: observed.verifyError
+    }
+  }
+  // verifyDepth: intermediates between the leaf and the trust anchor
+  if (observed.chain.length - 1 > config.verifyDepth) {
+    return {
+      _tag: "Deny",
+      reason: "depth",
+      detail: `the peer chain has ${observed.chain.length - 1} issuers, more than verifyDepth ${config.verifyDepth}`,
+      peer: leaf
+    }
+  }
+  // requireDualUse: the seed's mirror KU/EKU rule
+  if (config.requireDualUse) {
+    const d = Certificate.checkDualUse(leaf)
+    if (Result.isFailure(d)) return { _tag: "Deny", reason: "dual_use", detail: d.failure.message, peer: leaf }
+  }
+  // authorizedPeers: structured DN equality
+  if (config.authorizedPeers.length > 0) {
+    if (!config.authorizedPeers.some((dn) => DistinguishedName.equals(dn, leaf.subject))) {
+      const nearest = DistinguishedName.nearest(leaf.subject, config.authorizedPeers)
+      return {
+        _tag: "Deny",
+        reason: "dn_not_authorized",
+        detail: `peer DN "${leaf.subjectString}" is not in authorizedPeers`,
+        peer: leaf,
+        nearest: Option.getOrUndefined(nearest)
+      }
+    }
+  }
+  return { _tag: "Allow", peer: leaf }
+}

@@ -1,0 +1,307 @@
+/**
+ * Activating a TLS configuration: read its files, decrypt its key, check everything the seed and
+ * OpenSSL will later insist on, and produce the material a TLS engine needs (IRIS: a configuration
+ * is "activated" at start, and again when it is edited).
+ *
+ * Every problem found is reported, each naming the configuration file, the field and the rule,
+ * with a severity: errors stop activation, warnings (a certificate close to expiry, an own
+ * certificate that does not chain to the configured CA) do not. `sleeve check` prints exactly
+ * these problems; `sleeve run` refuses to start (or to reload) on any error.
+ *
+ * This module reads files and builds an in-memory `tls.SecureContext` to prove OpenSSL accepts
+ * the settings; it opens no socket.
+ */
+import { Redacted, Result } from "effect"
+import { constants as cryptoConstants } from "node:crypto"
+import * as Fs from "node:fs"
+import * as Tls from "node:tls"
+import * as Certificate from "./Certificate.ts"
+import type * as ConfigFile from "./ConfigFile.ts"
+import * as PrivateKey from "./PrivateKey.ts"
+
+/** Everything a TLS engine needs for one configuration, loaded and checked. */
+export interface Material {
+  readonly config: ConfigFile.TlsConfig
+  /** Own certificate chain, leaf first (undefined for a client configuration without a certificate). */
+  readonly chain: ReadonlyArray<Certificate.Certificate> | undefined
+  /** The decrypted key, as unencrypted PKCS#8 PEM, in memory only. */
+  readonly keyPem: Redacted.Redacted<string> | undefined
+  /** Trusted certificate authorities (the CA file). */
+  readonly ca: ReadonlyArray<Certificate.Certificate>
+  readonly caPem: string | undefined
+  readonly crlPem: string | undefined
+  /** Node TLS options that realise this configuration (key included, so never log them). */
+  readonly secureContextOptions: Tls.SecureContextOptions
+  /** Every file this material was read from, for reload-on-change. */
+  readonly files: ReadonlyArray<string>
+}
+
+/** How a `{ prompt: true }` password is obtained (an interactive start); `undefined` when there is no TTY. */
+export type Prompter = (configName: string) => Redacted.Redacted<string> | undefined
+
+/** Options of {@link load}. */
+export interface LoadOptions {
+  /** The configuration file as shown in problems (usually the path the operator typed). */
+  readonly file: string
+  readonly now: Date
+  /** Certificates expiring within this many milliseconds give a warning. */
+  readonly expiryWarningMs: number
+  readonly env?: Readonly<Record<string, string | undefined>>
+  readonly prompt?: Prompter
+  /** A password given at open time (IRIS `/TLS="cfg|password"`): interactive use only; wins over the source. */
+  readonly password?: Redacted.Redacted<string>
+}
+
+/** One problem found while activating: same shape as {@link ConfigFile.Problem}. */
+export type Problem = ConfigFile.Problem
+
+/** The result of {@link load}: material when there was no error, and every problem found. */
+export interface Loaded {
+  readonly material: Material | undefined
+  readonly problems: ReadonlyArray<Problem>
+}
+
+const readText = (path: string): Result.Result<string, string> => {
+  try {
+    return Result.succeed(Fs.readFileSync(path, "utf8"))
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return Result.fail(
+      code === "ENOENT"
+        ? `file not found: ${path}`
+        : code === "EACCES"
+          ? `file not readable (permission denied): ${path}`
+          : code === "EISDIR"
+            ? `is a directory, not a file: ${path}`
+            : `cannot read ${path}: ${(e as Error).message}`
+    )
+  }
+}
+
+/** Resolves where a key password comes from to the password itself (never logged). */
+export const resolvePassword = (
+  source: ConfigFile.PasswordSource,
+  configName: string,
+  options: Pick<LoadOptions, "env" | "prompt">
+): Result.Result<Redacted.Redacted<string>, string> => {
+  switch (source._tag) {
+    case "Env": {
+      const v = (options.env ?? process.env)[source.name]
+      return v === undefined || v === ""
+        ? Result.fail(`environment variable ${source.name} is not set (it should hold the key password)`)
+        : Result.succeed(Redacted.make(v))
+    }
+    case "File": {
+      const r = readText(source.path)
+      if (Result.isFailure(r)) return Result.fail(`password ${r.failure}`)
+      // A trailing newline is how editors and `echo` write files; it is never part of the password.
+      return Result.succeed(Redacted.make(r.success.replace(/\r?\n$/, "")))
+    }
+    case "Prompt": {
+      const pw = options.prompt?.(configName)
+      return pw === undefined
+        ? Result.fail("{ prompt: true } needs an interactive terminal at start; use { env } or { file } for services")
+        : Result.succeed(pw)
+    }
+  }
+}
+
+/** Whether an OpenSSL-accepted chain starting at `leaf` reaches one of `cas` through `intermediates`. */
+const chainsTo = (
+  chain: ReadonlyArray<Certificate.Certificate>,
+  cas: ReadonlyArray<Certificate.Certificate>
+): boolean => {
+  const last = chain[chain.length - 1]
+  if (last === undefined) return false
+  if (cas.some((ca) => Buffer.compare(ca.der, last.der) === 0)) return true
+  return cas.some((ca) => Result.isSuccess(Certificate.checkChainOrder([last, ca])))
+}
+
+/**
+ * The seed's CA-file order rule, made safe for bundles of unrelated roots (as during a CA
+ * rotation): certificates that belong to one chain must stand in order, leaf first; unrelated
+ * certificates may follow each other.
+ */
+export const checkCaFileOrder = (certs: ReadonlyArray<Certificate.Certificate>): string | undefined => {
+  for (let i = 0; i + 1 < certs.length; i++) {
+    const child = certs[i]!
+    if (Certificate.isSelfIssued(child)) continue
+    const r = Certificate.checkChainOrder([child, certs[i + 1]!])
+    if (Result.isSuccess(r)) continue
+    // The issuer of certs[i] is somewhere else in the file: that is an out-of-order file.
+    const elsewhere = certs.findIndex(
+      (c, j) => j !== i + 1 && Result.isSuccess(Certificate.checkChainOrder([child, c]))
+    )
+    if (elsewhere !== -1) {
+      return (
+        `certificates are out of order: certificate #${i + 2} (${certs[i + 1]!.subjectString}) should be the issuer ` +
+        `of certificate #${i + 1} (${child.subjectString}), which is certificate #${elsewhere + 1}; ` +
+        "the file must hold this instance's certificate first, then each issuer in turn"
+      )
+    }
+  }
+  return undefined
+}
+
+/**
+ * Loads and checks one TLS configuration. Never throws; returns material only when no error was
+ * found.
+ */
+export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded => {
+  const problems: Array<Problem> = []
+  const at = (field: string) => `tls.${config.name}.${field}`
+  const error = (field: string, rule: string) =>
+    problems.push({ file: options.file, path: at(field), rule, severity: "error" })
+  const warning = (field: string, rule: string) =>
+    problems.push({ file: options.file, path: at(field), rule, severity: "warning" })
+  const files: Array<string> = []
+  const horizonSeconds = options.expiryWarningMs / 1000
+
+  const validity = (field: string, cert: Certificate.Certificate) => {
+    const v = Certificate.checkValidity(cert, options.now, horizonSeconds)
+    if (Result.isFailure(v)) error(field, v.failure.message)
+    else if (v.success._tag === "ExpiresSoon") warning(field, v.success.message)
+  }
+
+  // caFile: the authorities that verify peers
+  let ca: ReadonlyArray<Certificate.Certificate> = []
+  let caPem: string | undefined
+  if (config.caFile !== undefined) {
+    files.push(config.caFile)
+    const text = readText(config.caFile)
+    if (Result.isFailure(text)) error("caFile", text.failure)
+    else {
+      const certs = Certificate.parsePem(text.success, config.caFile)
+      if (Result.isFailure(certs)) error("caFile", certs.failure.message)
+      else {
+        ca = certs.success
+        caPem = text.success
+        const order = checkCaFileOrder(ca)
+        if (order !== undefined) error("caFile", order)
+        for (const c of ca) validity("caFile", c)
+      }
+    }
+  }
+
+  // certificateFile: own chain, leaf first
+  let chain: ReadonlyArray<Certificate.Certificate> | undefined
+  if (config.certificateFile !== undefined) {
+    files.push(config.certificateFile)
+    const text = readText(config.certificateFile)
+    if (Result.isFailure(text)) error("certificateFile", text.failure)
+    else {
+      const certs = Certificate.parsePem(text.success, config.certificateFile)
+      if (Result.isFailure(certs)) error("certificateFile", certs.failure.message)
+      else {
+        chain = certs.success
+        const order = Certificate.checkChainOrder(chain)
+        if (Result.isFailure(order)) error("certificateFile", order.failure.message)
+        for (const c of chain) validity("certificateFile", c)
+        const leaf = chain[0]!
+        // requireDualUse: the seed's mirror rule applies to our own certificate too (one
+        // certificate serves %MirrorServer and %MirrorClient).
+        if (config.requireDualUse) {
+          const d = Certificate.checkDualUse(leaf)
+          if (Result.isFailure(d)) error("certificateFile", d.failure.message)
+        } else {
+          const r = Certificate.checkRoleUsage(leaf, config.type)
+          if (Result.isFailure(r)) error("certificateFile", r.failure.message)
+        }
+        if (ca.length > 0 && !chainsTo(chain, ca)) {
+          warning(
+            "certificateFile",
+            `certificate "${leaf.subjectString}" does not chain to a certificate in caFile; ` +
+              "peers that trust only that CA will reject it"
+          )
+        }
+      }
+    }
+  }
+
+  // privateKeyFile (+ password source, + privateKeyType)
+  let keyPem: Redacted.Redacted<string> | undefined
+  if (config.privateKeyFile !== undefined) {
+    files.push(config.privateKeyFile)
+    const text = readText(config.privateKeyFile)
+    let password: Redacted.Redacted<string> | undefined = options.password
+    if (password === undefined && config.privateKeyPassword !== undefined) {
+      if (config.privateKeyPassword._tag === "File") files.push(config.privateKeyPassword.path)
+      const pw = resolvePassword(config.privateKeyPassword, config.name, options)
+      if (Result.isFailure(pw)) error("privateKeyPassword", pw.failure)
+      else password = pw.success
+    }
+    if (Result.isFailure(text)) error("privateKeyFile", text.failure)
+    else if (!problems.some((p) => p.path === at("privateKeyPassword"))) {
+      const key = PrivateKey.load(text.success, password, config.name, config.privateKeyFile)
+      if (Result.isFailure(key)) {
+        error(key.failure.reason === "Malformed" ? "privateKeyFile" : "privateKeyPassword", key.failure.message)
+      } else {
+        if (config.privateKeyType !== undefined && key.success.type !== config.privateKeyType) {
+          error(
+            "privateKeyType",
+            `expected a ${config.privateKeyType} key, but ${config.privateKeyFile} holds a ${key.success.type} key (${key.success.detail})`
+          )
+        }
+        const leaf = chain?.[0]
+        if (leaf !== undefined) {
+          const m = PrivateKey.matchesCertificate(key.success, leaf)
+          if (Result.isFailure(m)) error("privateKeyFile", m.failure.message)
+        }
+        keyPem = PrivateKey.toTlsKey(key.success)
+      }
+    }
+  }
+
+  let crlPem: string | undefined
+  if (config.crlFile !== undefined) {
+    files.push(config.crlFile)
+    const text = readText(config.crlFile)
+    if (Result.isFailure(text)) error("crlFile", text.failure)
+    else if (!/-----BEGIN X509 CRL-----/.test(text.success))
+      error("crlFile", `${config.crlFile} holds no X509 CRL block`)
+    else crlPem = text.success
+  }
+
+  const secureContextOptions: Tls.SecureContextOptions = {
+    minVersion: config.minVersion,
+    maxVersion: config.maxVersion,
+    ciphers: config.cipherList,
+    ...(config.cipherSuites === undefined ? {} : { ciphersuites: config.cipherSuites }),
+    ...(chain === undefined ? {} : { cert: chain.map((c) => c.pem).join("") }),
+    ...(keyPem === undefined ? {} : { key: Redacted.value(keyPem) }),
+    ...(caPem === undefined ? {} : { ca: caPem }),
+    ...(crlPem === undefined ? {} : { crl: crlPem }),
+    honorCipherOrder: true,
+    // Client-initiated renegotiation is refused outright (TLS 1.2; TLS 1.3 has none).
+    secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION
+  }
+
+  // Protocol and cipher settings: let this Node/OpenSSL judge them.
+  if (problems.every((p) => p.severity !== "error")) {
+    try {
+      Tls.createSecureContext(secureContextOptions)
+    } catch (e) {
+      const message = (e as Error).message
+      const field = /cipher/i.test(message)
+        ? config.cipherSuites !== undefined && /suite/i.test(message)
+          ? "cipherSuites"
+          : "cipherList"
+        : /key|certificate/i.test(message)
+          ? "certificateFile"
+          : "protocols"
+      error(field, `rejected by this Node/OpenSSL (${process.versions.openssl}): ${message}`)
+    }
+    if (config.cipherList !== undefined && config.minVersion === "TLSv1.2") {
+      const weak = config.cipherList.split(":").filter((c) => /CBC|SHA$|RC4|3DES|NULL|EXPORT|^AES\d+-SHA/i.test(c))
+      if (weak.length > 0) {
+        warning("cipherList", `includes suites without AEAD or forward secrecy: ${weak.join(", ")}`)
+      }
+    }
+  }
+
+  const hasError = problems.some((p) => p.severity === "error")
+  return {
+    material: hasError ? undefined : { config, chain, keyPem, ca, caPem, crlPem, secureContextOptions, files },
+    problems
+  }
+}
