@@ -1,0 +1,212 @@
+/**
+ * A minimal Sleeve for the STARTTLS integration tests: a listener that runs
+ * `StarttlsSession.runServerSide` / `runClientSide` on each connection with real TLS upgrades,
+ * then relays both ways. Plus an `openssl s_client` runner and a buffered socket reader.
+ */
+import { spawn } from "node:child_process"
+import * as net from "node:net"
+import type { Duplex } from "node:stream"
+import * as tls from "node:tls"
+import * as Starttls from "../../src/Starttls.ts"
+import * as StarttlsSession from "../../src/StarttlsSession.ts"
+import type { Pki } from "./StarttlsPki.ts"
+
+/** How one proxied connection's negotiation ended. */
+export type Outcome =
+  | { readonly ok: true; readonly discarded: number; readonly stats: Starttls.Stats }
+  | { readonly ok: false; readonly error: StarttlsSessionError }
+
+type StarttlsSessionError = StarttlsSession.StarttlsSessionError
+
+/** The server-role upgrade: wrap synchronously, resolve on 'secure'. */
+export const serverUpgrade =
+  (pki: Pki) =>
+  (raw: net.Socket): Promise<tls.TLSSocket> => {
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: pki.serverContext })
+    return new Promise((resolve, reject) => {
+      secure.once("secure", () => resolve(secure))
+      secure.on("error", reject)
+      secure.once("close", () => reject(new Error("connection closed during the TLS handshake")))
+    })
+  }
+
+/** The client-role upgrade: verify the server against the test CA as "localhost". */
+export const clientUpgrade =
+  (pki: Pki) =>
+  (raw: net.Socket): Promise<tls.TLSSocket> => {
+    const secure = tls.connect({ socket: raw, ca: pki.caPem, servername: "localhost" })
+    return new Promise((resolve, reject) => {
+      secure.once("secureConnect", () => resolve(secure))
+      secure.on("error", reject)
+      secure.once("close", () => reject(new Error("connection closed during the TLS handshake")))
+    })
+  }
+
+/** A running test Sleeve. */
+export interface Sleeve {
+  readonly port: number
+  /** One per accepted connection. */
+  readonly sessions: Array<Promise<Outcome>>
+  readonly close: () => Promise<void>
+}
+
+/** Start a Sleeve in front of (server side) or beside (client side) `target`. */
+export const startSleeve = async (options: {
+  readonly side: Starttls.Side
+  readonly target: number
+  readonly pki: Pki
+  readonly negotiator: Omit<Starttls.NegotiatorOptions, "side">
+}): Promise<Sleeve> => {
+  const sessions: Array<Promise<Outcome>> = []
+  const sockets = new Set<net.Socket>()
+  const track = (s: net.Socket) => {
+    sockets.add(s)
+    s.on("error", () => {})
+    s.once("close", () => sockets.delete(s))
+  }
+  const handle = async (inbound: net.Socket): Promise<Outcome> => {
+    const outbound = net.connect(options.target, "127.0.0.1")
+    track(outbound)
+    await new Promise<void>((resolve, reject) => {
+      outbound.once("connect", resolve)
+      outbound.once("error", reject)
+    })
+    const negotiator = Starttls.makeNegotiator({ ...options.negotiator, side: options.side })
+    try {
+      const upgraded =
+        options.side === "server"
+          ? await StarttlsSession.runServerSide({
+              peer: inbound,
+              app: outbound,
+              negotiator,
+              upgrade: serverUpgrade(options.pki)
+            })
+          : await StarttlsSession.runClientSide({
+              peer: outbound,
+              app: inbound,
+              negotiator,
+              upgrade: clientUpgrade(options.pki)
+            })
+      track(upgraded.peer)
+      relay(upgraded)
+      return { ok: true, discarded: upgraded.discarded, stats: upgraded.stats }
+    } catch (error) {
+      if (error instanceof StarttlsSession.StarttlsSessionError) return { ok: false, error }
+      throw error
+    }
+  }
+  const server = net.createServer((inbound) => {
+    track(inbound)
+    sessions.push(handle(inbound))
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    sessions,
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      })
+  }
+}
+
+/** Relay both ways with end propagation; an error on either side tears both down. */
+const relay = ({ peer, app, appToPeer }: StarttlsSession.Upgraded) => {
+  const teardown = () => {
+    peer.destroy()
+    app.destroy()
+  }
+  peer.on("error", teardown)
+  app.on("error", teardown)
+  peer.pipe(app)
+  if (appToPeer === undefined) app.pipe(peer)
+  else app.pipe(appToPeer).pipe(peer)
+}
+
+/** Result of an `openssl s_client` run. */
+export interface SClientResult {
+  readonly code: number | null
+  readonly stdout: Buffer
+  readonly stderr: string
+}
+
+/** Run `openssl s_client` with `args`, feeding `input` on stdin (read after the handshake). */
+export const sClient = (
+  args: ReadonlyArray<string>,
+  input: string | Buffer,
+  timeoutMs = 4000
+): Promise<SClientResult> =>
+  new Promise((resolve) => {
+    const child = spawn("openssl", ["s_client", ...args], { stdio: "pipe" })
+    const out: Array<Buffer> = []
+    const err: Array<Buffer> = []
+    child.stdout.on("data", (c: Buffer) => out.push(c))
+    child.stderr.on("data", (c: Buffer) => err.push(c))
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs)
+    child.on("close", (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString("latin1") })
+    })
+    child.stdin.on("error", () => {})
+    child.stdin.end(input)
+  })
+
+/** A buffered reader over a stream: wait until the received bytes satisfy a condition. */
+export interface Reader {
+  /** Resolve with everything received so far once it matches, and clear the buffer. */
+  readonly until: (match: RegExp | ((b: Buffer) => boolean), timeoutMs?: number) => Promise<Buffer>
+  /** Stop reading (pause the stream); returns bytes received and not yet consumed. */
+  readonly detach: () => Buffer
+}
+
+/** Start buffering what `stream` receives. */
+export const makeReader = (stream: Duplex): Reader => {
+  let buffer: Buffer = Buffer.alloc(0)
+  let check = () => {}
+  const onData = (chunk: Buffer) => {
+    buffer = Buffer.concat([buffer, chunk])
+    check()
+  }
+  stream.on("data", onData)
+  return {
+    until: (match, timeoutMs = 1500) =>
+      new Promise((resolve, reject) => {
+        const test = typeof match === "function" ? match : (b: Buffer) => match.test(b.toString("latin1"))
+        const timer = setTimeout(() => {
+          check = () => {}
+          reject(new Error(`timed out waiting for ${String(match)}; got ${JSON.stringify(buffer.toString("latin1"))}`))
+        }, timeoutMs)
+        check = () => {
+          if (!test(buffer)) return
+          clearTimeout(timer)
+          check = () => {}
+          const got = buffer
+          buffer = Buffer.alloc(0)
+          resolve(got)
+        }
+        check()
+      }),
+    detach: () => {
+      stream.off("data", onData)
+      stream.pause()
+      const rest = buffer
+      buffer = Buffer.alloc(0)
+      return rest
+    }
+  }
+}
+
+/** Connect to 127.0.0.1:port. */
+export const connect = (port: number): Promise<net.Socket> =>
+  new Promise((resolve, reject) => {
+    const socket = net.connect(port, "127.0.0.1")
+    socket.once("connect", () => resolve(socket))
+    socket.once("error", reject)
+  })
+
+/** Resolve when `socket` has closed. */
+export const closed = (socket: net.Socket | tls.TLSSocket): Promise<void> =>
+  socket.destroyed && socket.closed
+    ? Promise.resolve()
+    : new Promise((resolve) => socket.once("close", () => resolve()))
