@@ -1,15 +1,172 @@
 /**
- * The one place where the daemon's layers are assembled (`sleeve run`).
- * CONTRACT STUB — being implemented; the CLI codes against `run`.
+ * `sleeve run`: the one place where the daemon is assembled — activate the configuration, start
+ * every listener and the admin endpoint, reload on SIGHUP or when a referenced file changes, and
+ * drain on SIGTERM/SIGINT (the runtime interrupts this effect; the finalizers drain).
+ *
+ * Reload is all-or-nothing: a new configuration with any error is rejected, the old one stays
+ * in force, and the failure is counted (`sleeve_config_reloads_total{result="failed"}`), logged
+ * with every problem, and shown on `/status`.
  */
-import { Effect } from "effect"
+import type { Certificate } from "@sleeve/core"
+import { ConfigFile } from "@sleeve/core"
+import { Metrics } from "@sleeve/metrics"
+import { EventLog, ProxyRuntime } from "@sleeve/proxy"
+import { Effect, Layer, Result } from "effect"
+import * as Fs from "node:fs"
+import * as StatusServer from "./StatusServer.ts"
 
 /** Options of `sleeve run`. */
 export interface RunOptions {
   /** The configuration file (from `--config` or `SLEEVE_CONFIG`). */
   readonly configPath: string
+  /** How often referenced files are checked for changes (ms); default 1000. */
+  readonly watchIntervalMs?: number
 }
 
-/** Runs every listener of the configuration until SIGTERM/SIGINT; fails on an invalid configuration. */
+const certSummary = (c: Certificate.Certificate) => ({
+  subject: c.subjectString,
+  issuer: c.issuerString,
+  notBefore: c.notBefore.toISOString(),
+  notAfter: c.notAfter.toISOString(),
+  fingerprint256: c.fingerprint256
+})
+
+const expiries = (a: ProxyRuntime.Activated): Array<Metrics.CertificateExpiry> => {
+  const out: Array<Metrics.CertificateExpiry> = []
+  for (const [name, m] of a.materials) {
+    const leaf = m.chain?.[0]
+    if (leaf !== undefined) out.push({ tlsConfig: name, kind: "own", notAfter: leaf.notAfter })
+    for (const ca of m.ca) out.push({ tlsConfig: name, kind: "ca", notAfter: ca.notAfter })
+  }
+  return out
+}
+
+/** Runs every listener of the configuration until interrupted; fails on an invalid configuration. */
 export const run = (options: RunOptions): Effect.Effect<void, Error> =>
-  Effect.fail(new Error(`sleeve run is not implemented yet (${options.configPath})`))
+  Effect.scoped(
+    Effect.gen(function* () {
+      const log = EventLog.makeJson()
+      const metrics = Metrics.make()
+      const first = ProxyRuntime.activate(options.configPath)
+      if (Result.isFailure(first)) return yield* Effect.fail(first.failure)
+      for (const w of first.success.warnings) log("warn", "config_warning", { problem: ConfigFile.formatProblem(w) })
+      metrics.replaceCertificates(expiries(first.success))
+      metrics.configLoaded()
+
+      const proxy = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => ProxyRuntime.start(first.success, { metrics, log }),
+          catch: (cause) => new Error(`cannot listen: ${(cause as Error).message}`, { cause })
+        }),
+        (running) =>
+          Effect.promise(async () => {
+            metrics.setReady(false)
+            const deadlineMs = running.current().config.drainTimeoutMs
+            log("info", "draining", { deadlineMs, activeConnections: countActive(running) })
+            const closed = await running.drain(deadlineMs)
+            log("info", "stopped", { closedAtDeadline: closed })
+          })
+      )
+
+      const lastReload: { result: "ok" | "failed"; at: string; problems: ReadonlyArray<string> } = {
+        result: "ok",
+        at: new Date().toISOString(),
+        problems: []
+      }
+      let reloading = false
+      const reload = (trigger: string) => {
+        if (reloading) return
+        reloading = true
+        const next = ProxyRuntime.activate(options.configPath)
+        const done = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
+          metrics.configReload(result)
+          Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
+          reloading = false
+        }
+        if (Result.isFailure(next)) {
+          const problems = next.failure.problems.filter((p) => p.severity === "error").map(ConfigFile.formatProblem)
+          log("error", "reload_failed", { trigger, problems, note: "the previous configuration stays active" })
+          done("failed", problems)
+          return
+        }
+        proxy
+          .reload(next.success)
+          .then(() => {
+            metrics.replaceCertificates(expiries(next.success))
+            watch(next.success.files)
+            log("info", "reloaded", { trigger, warnings: next.success.warnings.map(ConfigFile.formatProblem) })
+            done("ok", [])
+          })
+          .catch((e: unknown) => {
+            log("error", "reload_failed", { trigger, problems: [String(e)] })
+            done("failed", [String(e)])
+          })
+      }
+
+      // Reload on a change of any file the configuration read (polling follows symlinks, so a
+      // Kubernetes Secret update, which swaps a symlink, is seen too).
+      const watched = new Map<string, (curr: Fs.Stats, prev: Fs.Stats) => void>()
+      const interval = options.watchIntervalMs ?? 1000
+      const watch = (files: ReadonlyArray<string>) => {
+        for (const [f, l] of watched) {
+          if (!files.includes(f)) {
+            Fs.unwatchFile(f, l)
+            watched.delete(f)
+          }
+        }
+        for (const f of files) {
+          if (watched.has(f)) continue
+          const l = (curr: Fs.Stats, prev: Fs.Stats) => {
+            if (curr.mtimeMs !== prev.mtimeMs || curr.ino !== prev.ino || curr.size !== prev.size) reload(`file:${f}`)
+          }
+          Fs.watchFile(f, { interval, persistent: false }, l)
+          watched.set(f, l)
+        }
+      }
+      watch(first.success.files)
+      const onHup = () => reload("SIGHUP")
+      process.on("SIGHUP", onHup)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          process.off("SIGHUP", onHup)
+          for (const [f, l] of watched) Fs.unwatchFile(f, l)
+        })
+      )
+
+      const admin = first.success.config.admin
+      if (admin !== undefined && admin.listen._tag === "Tcp") {
+        yield* Layer.build(
+          StatusServer.layer(admin.listen, {
+            metrics,
+            ready: () => proxy.status().ready,
+            status: () => {
+              const a = proxy.current()
+              return {
+                ready: proxy.status().ready,
+                configFile: a.config.file,
+                listeners: proxy.status().listeners,
+                tls: [...a.materials.values()].map((m) => ({
+                  name: m.config.name,
+                  type: m.config.type,
+                  verifyPeer: m.config.verifyPeer,
+                  authorizedPeers: m.config.authorizedPeers.length,
+                  certificate: m.chain?.[0] === undefined ? undefined : certSummary(m.chain[0]),
+                  ca: m.ca.map(certSummary)
+                })),
+                lastReload
+              }
+            }
+          })
+        ).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
+      }
+      metrics.setReady(true)
+      log("info", "ready", {
+        listeners: proxy.status().listeners.map((l) => ({ name: l.name, mode: l.mode, listen: l.listen })),
+        ...(admin === undefined ? {} : { admin: ConfigFile.formatAddress(admin.listen) })
+      })
+      return yield* Effect.never
+    })
+  )
+
+const countActive = (running: ProxyRuntime.Running): number =>
+  running.status().listeners.reduce((n, l) => n + l.activeConnections, 0)

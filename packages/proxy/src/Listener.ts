@@ -1,0 +1,459 @@
+/**
+ * A running listener: accepts connections on one address and serves each by its mode —
+ * `terminate` (TLS in, plaintext to the target), `originate` (plaintext in, TLS to the target) or
+ * `starttls` (a plaintext protocol session upgraded to TLS partway through, on either side).
+ *
+ * Per connection, in order: limits (draining, `maxConnections`) → TLS and peer authorization
+ * (`TlsSession`) → connect to the target (`connectTimeout`) → relay (`Pipe`, with `idleTimeout`)
+ * → close. For `terminate`, the target is only dialled once the peer is authorized: a failed
+ * handshake or a rejected peer never reaches the application.
+ *
+ * Live reconfiguration (IRIS "edit a configuration, activate it"): `update` swaps the activation
+ * (listener settings + TLS material) used by connections accepted from then on; connections
+ * already established keep what they started with.
+ *
+ * Connections are plain Node callbacks and Promises on purpose (see `Pipe`); the listener's own
+ * lifecycle is wrapped in Effect by `Proxy`.
+ */
+import type { ConfigFile, TlsMaterial } from "@sleeve/core"
+import type { Metrics } from "@sleeve/metrics"
+import { Result } from "effect"
+import * as Net from "node:net"
+import type * as Tls from "node:tls"
+import type { EventSink } from "./EventLog.ts"
+import * as Pipe from "./Pipe.ts"
+import * as Starttls from "./Starttls.ts"
+import * as StarttlsSession from "./StarttlsSession.ts"
+import * as TlsSession from "./TlsSession.ts"
+
+/** A listener's settings together with the activated TLS material it uses. */
+export interface Activation {
+  readonly listener: ConfigFile.Listener
+  readonly material: TlsMaterial.Material
+}
+
+/** What a listener needs from its surroundings. */
+export interface Dependencies {
+  readonly metrics: Metrics.Recorder
+  readonly log: EventSink
+}
+
+/** A snapshot for `/status`. */
+export interface Snapshot {
+  readonly name: string
+  readonly mode: ConfigFile.Listener["mode"]
+  readonly listen: string
+  readonly target: string
+  readonly tls: string
+  readonly bound: boolean
+  readonly activeConnections: number
+  readonly totalConnections: number
+}
+
+interface Live {
+  readonly id: string
+  readonly raw: Net.Socket
+  relay: Pipe.Relay | undefined
+  /** Every socket this connection opened, for a hard close at the drain deadline. */
+  readonly sockets: Set<Net.Socket>
+}
+
+interface Current extends Activation {
+  readonly engine: TlsSession.ServerEngine | undefined
+}
+
+const activate = (a: Activation): Current => ({
+  ...a,
+  engine:
+    ConfigFile_tlsRole(a.listener) === "server"
+      ? TlsSession.makeServerEngine(a.material, a.listener.handshakeTimeoutMs)
+      : undefined
+})
+
+// Local copy of ConfigFile.tlsRole, to keep @sleeve/core a type-only import here.
+const ConfigFile_tlsRole = (l: ConfigFile.Listener): "server" | "client" =>
+  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.starttls?.side ?? "server")
+
+const formatAddress = (a: ConfigFile.Address): string =>
+  a._tag === "Unix" ? `unix:${a.path}` : a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`
+
+/** Dials the target; failures are a reason for `sleeve_connections_refused_total`. */
+const connectTarget = (
+  target: ConfigFile.Address,
+  timeoutMs: number
+): Promise<Result.Result<Net.Socket, { reason: "target_unreachable" | "target_timeout"; error: Error }>> =>
+  new Promise((resolve) => {
+    const socket =
+      target._tag === "Unix"
+        ? Net.connect({ path: target.path, allowHalfOpen: true })
+        : Net.connect({ host: target.host, port: target.port, allowHalfOpen: true })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      resolve(Result.fail({ reason: "target_timeout", error: new Error(`connect timed out after ${timeoutMs} ms`) }))
+    }, timeoutMs)
+    socket.once("connect", () => {
+      clearTimeout(timer)
+      socket.removeAllListeners("error")
+      resolve(Result.succeed(socket))
+    })
+    socket.once("error", (error) => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(Result.fail({ reason: "target_unreachable", error }))
+    })
+  })
+
+/** A listener accepting connections. */
+export class RunningListener {
+  readonly name: string
+  #current: Current
+  readonly #deps: Dependencies
+  readonly #server: Net.Server
+  readonly #live = new Set<Live>()
+  #seq = 0
+  #stopping = false
+  #bound = false
+
+  private constructor(activation: Activation, deps: Dependencies) {
+    this.name = activation.listener.name
+    this.#current = activate(activation)
+    this.#deps = deps
+    this.#server = Net.createServer({ allowHalfOpen: true }, (raw) => this.#onConnection(raw))
+  }
+
+  /** Binds the listen address and starts accepting. */
+  static start(activation: Activation, deps: Dependencies): Promise<RunningListener> {
+    const l = new RunningListener(activation, deps)
+    const roles: ReadonlyArray<Metrics.Role> = [ConfigFile_tlsRole(activation.listener)]
+    deps.metrics.registerListener(
+      l.name,
+      roles,
+      activation.listener.starttls === undefined ? {} : { starttls: activation.listener.starttls.protocol }
+    )
+    const listen = activation.listener.listen
+    return new Promise((resolve, reject) => {
+      l.#server.once("error", reject)
+      if (listen._tag === "Unix") l.#server.listen(listen.path)
+      else l.#server.listen({ host: listen.host, port: listen.port, ipv6Only: false })
+      l.#server.once("listening", () => {
+        l.#server.off("error", reject)
+        l.#server.on("error", (e) => deps.log("error", "listener_error", { listener: l.name, error: e.message }))
+        l.#bound = true
+        deps.log("info", "listening", {
+          listener: l.name,
+          mode: activation.listener.mode,
+          address: l.addressString(),
+          target: formatAddress(activation.listener.target),
+          tls: activation.listener.tls
+        })
+        resolve(l)
+      })
+    })
+  }
+
+  /** The bound address (the real port when configured with port 0). */
+  address(): Net.AddressInfo {
+    return this.#server.address() as Net.AddressInfo
+  }
+
+  /** The bound address as `host:port`. */
+  addressString(): string {
+    const a = this.address()
+    return a.family === "IPv6" ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`
+  }
+
+  /** The activation new connections use. */
+  get activation(): Activation {
+    return this.#current
+  }
+
+  /** Connections open now. */
+  get activeConnections(): number {
+    return this.#live.size
+  }
+
+  /** Connections from now on use `activation`; established ones are untouched. */
+  update(activation: Activation): void {
+    this.#current = activate(activation)
+  }
+
+  /** A snapshot for `/status`. */
+  snapshot(): Snapshot {
+    const l = this.#current.listener
+    return {
+      name: this.name,
+      mode: l.mode,
+      listen: this.#bound ? this.addressString() : formatAddress(l.listen),
+      target: formatAddress(l.target),
+      tls: l.tls,
+      bound: this.#bound,
+      activeConnections: this.#live.size,
+      totalConnections: this.#seq
+    }
+  }
+
+  /** Stops accepting; established connections go on. */
+  stopAccepting(): Promise<void> {
+    this.#stopping = true
+    return new Promise((resolve) => {
+      if (!this.#server.listening) return resolve()
+      this.#server.close(() => resolve())
+      // server.close waits for every connection; we only wait for the listening socket.
+      setImmediate(() => {
+        this.#bound = false
+        resolve()
+      })
+    })
+  }
+
+  /**
+   * Stops accepting, lets live connections finish for up to `deadlineMs`, then closes those left.
+   * Resolves with how many had to be closed.
+   */
+  async drain(deadlineMs: number): Promise<number> {
+    await this.stopAccepting()
+    const deadline = Date.now() + deadlineMs
+    while (this.#live.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, deadline - Date.now()))))
+    }
+    const left = this.#live.size
+    for (const c of this.#live) {
+      if (c.relay !== undefined) c.relay.abort()
+      for (const s of c.sockets) s.destroy()
+      c.raw.destroy()
+    }
+    while (this.#live.size > 0) await new Promise((r) => setTimeout(r, 5))
+    return left
+  }
+
+  #onConnection(raw: Net.Socket): void {
+    const { listener } = this.#current
+    const m = this.#deps.metrics
+    // Refusals: counted with a reason, logged once, and nothing else is affected.
+    if (this.#stopping) {
+      m.connectionRefused(this.name, "draining")
+      raw.destroy()
+      return
+    }
+    if (this.#live.size >= listener.maxConnections) {
+      m.connectionRefused(this.name, "max_connections")
+      this.#deps.log("warn", "connection_refused", {
+        listener: this.name,
+        reason: "max_connections",
+        limit: listener.maxConnections,
+        remote: `${raw.remoteAddress}:${raw.remotePort}`
+      })
+      raw.destroy()
+      return
+    }
+    const live: Live = { id: `${this.name}#${++this.#seq}`, raw, relay: undefined, sockets: new Set([raw]) }
+    this.#live.add(live)
+    m.connectionOpened(this.name)
+    const startedAt = performance.now()
+    this.#deps.log("info", "accepted", {
+      listener: this.name,
+      conn: live.id,
+      remote: `${raw.remoteAddress}:${raw.remotePort}`
+    })
+    raw.on("error", () => {}) // reported by the stage that owns the socket
+    const current = this.#current
+    this.#serve(live, current)
+      .catch((e: unknown) => {
+        this.#deps.log("error", "connection_error", { listener: this.name, conn: live.id, error: String(e) })
+        return undefined
+      })
+      .then((outcome) => {
+        for (const s of live.sockets) s.destroy()
+        this.#live.delete(live)
+        m.connectionClosed(this.name)
+        if (outcome?.bytes !== undefined) {
+          m.bytes(this.name, "client_to_target", outcome.bytes.clientToTarget)
+          m.bytes(this.name, "target_to_client", outcome.bytes.targetToClient)
+        }
+        this.#deps.log("info", "closed", {
+          listener: this.name,
+          conn: live.id,
+          reason: outcome?.reason ?? "error",
+          durationMs: Math.round(performance.now() - startedAt),
+          bytesClientToTarget: outcome?.bytes?.clientToTarget ?? 0,
+          bytesTargetToClient: outcome?.bytes?.targetToClient ?? 0
+        })
+      })
+  }
+
+  #ctx(live: Live): TlsSession.SessionContext {
+    return { listener: this.name, connectionId: live.id, metrics: this.#deps.metrics, log: this.#deps.log }
+  }
+
+  async #dial(live: Live, current: Current): Promise<Net.Socket | undefined> {
+    const l = current.listener
+    const r = await connectTarget(l.target, l.connectTimeoutMs)
+    if (Result.isFailure(r)) {
+      this.#deps.metrics.connectionRefused(this.name, r.failure.reason)
+      this.#deps.log("warn", "target_failed", {
+        listener: this.name,
+        conn: live.id,
+        reason: r.failure.reason,
+        target: formatAddress(l.target),
+        error: r.failure.error.message
+      })
+      return undefined
+    }
+    live.sockets.add(r.success)
+    return r.success
+  }
+
+  async #serve(live: Live, current: Current): Promise<Outcome> {
+    const l = current.listener
+    switch (l.mode) {
+      case "terminate":
+        return this.#terminate(live, current)
+      case "originate":
+        return this.#originate(live, current)
+      case "starttls":
+        return (l.starttls?.side ?? "server") === "server"
+          ? this.#starttlsServer(live, current)
+          : this.#starttlsClient(live, current)
+    }
+  }
+
+  async #terminate(live: Live, current: Current): Promise<Outcome> {
+    const secured = await current.engine!.accept(live.raw, this.#ctx(live))
+    if (Result.isFailure(secured)) return { reason: secured.failure.reason, bytes: undefined }
+    const tls = secured.success.socket
+    live.sockets.add(tls)
+    const target = await this.#dial(live, current)
+    if (target === undefined) {
+      // Close the client side cleanly: close_notify, then FIN.
+      tls.end()
+      return { reason: "target_failed", bytes: undefined }
+    }
+    return this.#relay(live, tls, target, current, undefined, "target")
+  }
+
+  async #originate(live: Live, current: Current): Promise<Outcome> {
+    const l = current.listener
+    const up = await this.#dial(live, current)
+    if (up === undefined) return { reason: "target_failed", bytes: undefined }
+    const secured = await TlsSession.connectClient(up, current.material, clientOptions(l), this.#ctx(live))
+    if (Result.isFailure(secured)) return { reason: secured.failure.reason, bytes: undefined }
+    live.sockets.add(secured.success.socket)
+    return this.#relay(live, secured.success.socket, live.raw, current, undefined, "client")
+  }
+
+  async #starttlsServer(live: Live, current: Current): Promise<Outcome> {
+    const app = await this.#dial(live, current)
+    if (app === undefined) return { reason: "target_failed", bytes: undefined }
+    const ctx = this.#ctx(live)
+    return this.#starttls(live, current, app, "server", (raw) =>
+      current.engine!.accept(raw, ctx).then((r) => (Result.isSuccess(r) ? r.success.socket : Promise.reject(r.failure)))
+    )
+  }
+
+  async #starttlsClient(live: Live, current: Current): Promise<Outcome> {
+    const peer = await this.#dial(live, current)
+    if (peer === undefined) return { reason: "target_failed", bytes: undefined }
+    const ctx = this.#ctx(live)
+    const opts = clientOptions(current.listener)
+    return this.#starttls(live, current, peer, "client", (raw) =>
+      TlsSession.connectClient(raw, current.material, opts, ctx).then((r) =>
+        Result.isSuccess(r) ? r.success.socket : Promise.reject(r.failure)
+      )
+    )
+  }
+
+  async #starttls(
+    live: Live,
+    current: Current,
+    other: Net.Socket,
+    side: "server" | "client",
+    upgrade: (raw: Net.Socket) => Promise<Tls.TLSSocket>
+  ): Promise<Outcome> {
+    const st = current.listener.starttls!
+    const m = this.#deps.metrics
+    const negotiator = Starttls.makeNegotiator({
+      protocol: st.protocol,
+      side,
+      requireTls: st.requireTls,
+      maxCleartextBytes: st.maxCleartextBytes,
+      line: st.line,
+      clientName: st.clientName
+    })
+    // The plaintext phase is bounded by the idle timeout (or the handshake timeout when idle is off).
+    const abort = new AbortController()
+    const limit =
+      current.listener.idleTimeoutMs > 0 ? current.listener.idleTimeoutMs : current.listener.handshakeTimeoutMs
+    const timer = setTimeout(() => abort.abort(), limit)
+    const [peer, app] = side === "server" ? [live.raw, other] : [other, live.raw]
+    try {
+      const up = await StarttlsSession[side === "server" ? "runServerSide" : "runClientSide"]({
+        peer,
+        app,
+        negotiator,
+        upgrade,
+        signal: abort.signal,
+        onDiscarded: (n) => {
+          m.starttlsDiscarded(this.name, st.protocol, n)
+          this.#deps.log("warn", "starttls_discarded", {
+            listener: this.name,
+            conn: live.id,
+            protocol: st.protocol,
+            bytes: n
+          })
+        }
+      })
+      clearTimeout(timer)
+      m.starttlsUpgrade(this.name, st.protocol, "ok")
+      live.sockets.add(up.peer)
+      return this.#relay(live, up.peer, up.app, current, up.appToPeer, "target")
+    } catch (e) {
+      clearTimeout(timer)
+      const reason = e instanceof StarttlsSession.StarttlsSessionError ? e.reason : "aborted"
+      const refused = reason === "starttls_required" || reason === "cleartext_limit"
+      m.starttlsUpgrade(this.name, st.protocol, refused ? "refused" : "failed")
+      if (refused) m.connectionRefused(this.name, reason)
+      if (!(e instanceof StarttlsSession.StarttlsSessionError && e.cause instanceof TlsSession.TlsSessionError)) {
+        this.#deps.log("warn", "starttls_failed", {
+          listener: this.name,
+          conn: live.id,
+          protocol: st.protocol,
+          reason,
+          error: e instanceof Error ? e.message : String(e)
+        })
+      }
+      return { reason: `starttls_${reason}`, bytes: undefined }
+    }
+  }
+
+  async #relay(
+    live: Live,
+    secure: Net.Socket,
+    plain: Net.Socket,
+    current: Current,
+    plainToSecure: StarttlsSession.Upgraded["appToPeer"],
+    plainIs: "target" | "client"
+  ): Promise<Outcome> {
+    const r = Pipe.relay(secure, plain, { idleTimeoutMs: current.listener.idleTimeoutMs, bToA: plainToSecure })
+    live.relay = r
+    secure.resume()
+    plain.resume()
+    const ended = await r.done
+    // Plaintext byte counts, from the plaintext socket (what the application sent and received).
+    const bytes =
+      plainIs === "target"
+        ? { clientToTarget: plain.bytesWritten, targetToClient: plain.bytesRead }
+        : { clientToTarget: plain.bytesRead, targetToClient: plain.bytesWritten }
+    return { reason: ended.reason, bytes }
+  }
+}
+
+interface Outcome {
+  readonly reason: string
+  readonly bytes: { readonly clientToTarget: number; readonly targetToClient: number } | undefined
+}
+
+const clientOptions = (l: ConfigFile.Listener): TlsSession.ClientOptions => ({
+  serverName: l.serverName,
+  insecureSkipHostnameVerification: l.insecureSkipHostnameVerification,
+  handshakeTimeoutMs: l.handshakeTimeoutMs
+})

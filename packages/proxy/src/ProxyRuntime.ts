@@ -1,0 +1,210 @@
+/**
+ * The proxy: every listener of a configuration file, activated together, reloaded together and
+ * drained together.
+ *
+ * Activation is all-or-nothing (IRIS: configurations are activated at start, and an edited
+ * configuration is activated as a whole): the file is decoded and every TLS configuration a
+ * listener uses is loaded and checked before anything changes. A reload whose new configuration
+ * has any error is rejected as a whole, the old one stays active, and the failure is counted and
+ * logged with every problem. On success, listeners that still exist get the new activation for
+ * their next connections (established ones are untouched), removed listeners drain, new ones
+ * start.
+ *
+ * `Proxy` is an Effect service (`layer`) for the sidecar and for Effect users; `start` gives the
+ * same runtime as a Promise API for everyone else.
+ */
+import { ConfigFile, TlsMaterial } from "@sleeve/core"
+import type { Metrics } from "@sleeve/metrics"
+import { Context, Data, Effect, Layer, Result } from "effect"
+import * as Fs from "node:fs"
+import type { EventSink } from "./EventLog.ts"
+import * as Listener from "./Listener.ts"
+
+/** A configuration that could not be activated; `problems` lists every error (and warning) found. */
+export class ActivationError extends Data.TaggedError("ActivationError")<{
+  readonly file: string
+  readonly problems: ReadonlyArray<ConfigFile.Problem>
+}> {
+  override get message(): string {
+    return this.problems
+      .filter((p) => p.severity === "error")
+      .map(ConfigFile.formatProblem)
+      .join("\n")
+  }
+}
+
+/** A decoded configuration with the material of every TLS configuration its listeners use. */
+export interface Activated {
+  readonly config: ConfigFile.SleeveConfig
+  readonly materials: ReadonlyMap<string, TlsMaterial.Material>
+  /** Warnings found while activating (errors make activation fail). */
+  readonly warnings: ReadonlyArray<ConfigFile.Problem>
+  /** Every file read: the configuration file and all certificate, key, CA, CRL and password files. */
+  readonly files: ReadonlyArray<string>
+}
+
+/** Options of {@link activate}. */
+export interface ActivateOptions {
+  readonly now?: Date
+  readonly env?: Readonly<Record<string, string | undefined>>
+  readonly prompt?: TlsMaterial.Prompter
+}
+
+/**
+ * Reads, decodes and loads a configuration file: everything is checked before any socket opens.
+ * Only TLS configurations used by a listener are loaded (an unused broken one is not an error
+ * here; `sleeve check` reports it).
+ */
+export const activate = (path: string, options: ActivateOptions = {}): Result.Result<Activated, ActivationError> => {
+  let text: string
+  try {
+    text = Fs.readFileSync(path, "utf8")
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return Result.fail(
+      new ActivationError({
+        file: path,
+        problems: [
+          {
+            file: path,
+            path: "",
+            rule: code === "ENOENT" ? "configuration file not found" : `cannot read: ${(e as Error).message}`,
+            severity: "error"
+          }
+        ]
+      })
+    )
+  }
+  const decoded = ConfigFile.decode(text, path)
+  if (Result.isFailure(decoded)) {
+    return Result.fail(new ActivationError({ file: path, problems: decoded.failure.problems }))
+  }
+  const config = decoded.success
+  const problems: Array<ConfigFile.Problem> = []
+  const materials = new Map<string, TlsMaterial.Material>()
+  const files = new Set<string>([config.file])
+  const used = new Set(config.listeners.map((l) => l.tls))
+  for (const name of used) {
+    const tls = config.tls.get(name)!
+    const loaded = TlsMaterial.load(tls, {
+      file: path,
+      now: options.now ?? new Date(),
+      expiryWarningMs: config.expiryWarningMs,
+      ...(options.env === undefined ? {} : { env: options.env }),
+      ...(options.prompt === undefined ? {} : { prompt: options.prompt })
+    })
+    problems.push(...loaded.problems)
+    for (const f of [tls.caFile, tls.certificateFile, tls.privateKeyFile, tls.crlFile])
+      if (f !== undefined) files.add(f)
+    if (loaded.material !== undefined) {
+      materials.set(name, loaded.material)
+      for (const f of loaded.material.files) files.add(f)
+    }
+  }
+  if (problems.some((p) => p.severity === "error")) {
+    return Result.fail(new ActivationError({ file: path, problems }))
+  }
+  return Result.succeed({ config, materials, warnings: problems, files: [...files] })
+}
+
+/** A listener could not bind its address (in use, permission, bad interface). */
+export class ListenError extends Data.TaggedError("ListenError")<{
+  readonly message: string
+  readonly cause: unknown
+}> {}
+
+/** A snapshot of the proxy for `/status` and `/readyz`. */
+export interface Status {
+  readonly listeners: ReadonlyArray<Listener.Snapshot>
+  readonly ready: boolean
+}
+
+/** The running proxy. */
+export interface Running {
+  /** The activation in force. */
+  readonly current: () => Activated
+  /** Activates a new configuration; on failure nothing changes. */
+  readonly reload: (next: Activated) => Promise<void>
+  /** Stops accepting, drains for up to `deadlineMs`, closes what is left; resolves with that count. */
+  readonly drain: (deadlineMs: number) => Promise<number>
+  readonly status: () => Status
+  /** The listener named `name` (for its bound address in tests and embedding). */
+  readonly listener: (name: string) => Listener.RunningListener | undefined
+}
+
+const listenKey = (l: ConfigFile.Listener): string => `${l.mode}|${ConfigFile.formatAddress(l.listen)}`
+
+/** Starts every listener of an activated configuration. If one cannot bind, those started are closed. */
+export const start = async (
+  activated: Activated,
+  deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
+): Promise<Running> => {
+  let current = activated
+  const listeners = new Map<string, Listener.RunningListener>()
+  const startOne = async (l: ConfigFile.Listener, a: Activated) => {
+    const r = await Listener.RunningListener.start({ listener: l, material: a.materials.get(l.tls)! }, deps)
+    listeners.set(l.name, r)
+  }
+  try {
+    for (const l of activated.config.listeners) await startOne(l, activated)
+  } catch (e) {
+    await Promise.all([...listeners.values()].map((l) => l.drain(0)))
+    throw e
+  }
+  return {
+    current: () => current,
+    reload: async (next) => {
+      const keep = new Map(next.config.listeners.map((l) => [l.name, l]))
+      // Removed listeners, or ones whose address or mode changed: drain them (in the background).
+      for (const [name, running] of listeners) {
+        const l = keep.get(name)
+        if (l === undefined || listenKey(l) !== listenKey(running.activation.listener)) {
+          listeners.delete(name)
+          void running.drain(next.config.drainTimeoutMs)
+        }
+      }
+      for (const l of next.config.listeners) {
+        const running = listeners.get(l.name)
+        if (running !== undefined) running.update({ listener: l, material: next.materials.get(l.tls)! })
+        else await startOne(l, next)
+      }
+      current = next
+    },
+    drain: async (deadlineMs) => {
+      const counts = await Promise.all([...listeners.values()].map((l) => l.drain(deadlineMs)))
+      return counts.reduce((a, b) => a + b, 0)
+    },
+    status: () => {
+      const snaps = [...listeners.values()].map((l) => l.snapshot())
+      return { listeners: snaps, ready: snaps.every((s) => s.bound) }
+    },
+    listener: (name) => listeners.get(name)
+  }
+}
+
+/** The proxy as an Effect service. */
+export class ProxyRuntime extends Context.Service<ProxyRuntime, Running>()("@sleeve/proxy/ProxyRuntime") {
+  /**
+   * Starts the proxy for an activated configuration; on scope close it drains for the
+   * configuration's `drainTimeout`.
+   */
+  static readonly layer = (
+    activated: Activated,
+    deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
+  ): Layer.Layer<ProxyRuntime, ListenError> =>
+    Layer.effect(ProxyRuntime)(
+      Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => start(activated, deps),
+          catch: (cause) => new ListenError({ message: `cannot listen: ${(cause as Error).message}`, cause })
+        }),
+        (running) =>
+          Effect.promise(async () => {
+            const deadline = running.current().config.drainTimeoutMs
+            deps.log("info", "draining", { deadlineMs: deadline })
+            const closed = await running.drain(deadline)
+            deps.log("info", "drained", { closedAtDeadline: closed })
+          })
+      )
+    )
+}

@@ -1,0 +1,309 @@
+/**
+ * Securing one connection with a named TLS configuration, in either role, at any point of its
+ * life: at the first byte (terminate / originate) or partway through (STARTTLS, IRIS
+ * `USE dev:(::/TLS="cfg")`). This is the library primitive every listener mode is built on.
+ *
+ * Server role: the raw socket is handed to a `tls.Server` that never listens itself (an
+ * "engine", `engine.emit("connection", raw)`), so Node applies the configuration's verification
+ * mode, handshake timeout and renegotiation policy exactly as for a listening TLS server, and
+ * reports the verdict through its public `authorized` / `authorizationError`.
+ * Client role: `tls.connect({ socket })` on an already-connected socket, as undici does.
+ *
+ * Either way, once OpenSSL is done the peer is judged by `PeerPolicy.authorize` (verified chain,
+ * depth, dual use, structured DN list); a peer that fails is dropped before a single application
+ * byte is exchanged. Every outcome is counted and logged once.
+ *
+ * Known Node pitfalls handled here: `handshakeTimeout` only emits `tlsClientError`, it does not
+ * close the socket (we destroy it); client-initiated renegotiation is refused (the material sets
+ * `SSL_OP_NO_RENEGOTIATION`, and client sockets call `disableRenegotiation()`).
+ */
+import { Certificate, DistinguishedName, type PeerPolicy, type TlsMaterial } from "@sleeve/core"
+import * as CorePolicy from "@sleeve/core/PeerPolicy"
+import { Metrics } from "@sleeve/metrics"
+import { Data, Result } from "effect"
+import * as Net from "node:net"
+import * as Tls from "node:tls"
+import type { EventSink } from "./EventLog.ts"
+
+/** Why securing a connection failed; `reason` is a bounded metric label. */
+export class TlsSessionError extends Data.TaggedError("TlsSessionError")<{
+  readonly reason: Metrics.FailureReason
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/** Who is securing what: for metrics labels and log fields. */
+export interface SessionContext {
+  readonly listener: string
+  readonly connectionId: string
+  readonly metrics: Metrics.Recorder
+  readonly log: EventSink
+}
+
+/** A secured connection and the peer it was authorized as. */
+export interface Secured {
+  readonly socket: Tls.TLSSocket
+  readonly peer: Certificate.Certificate | undefined
+}
+
+const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.FailureReason => {
+  switch (d.reason) {
+    case "no_certificate":
+      return "no_certificate"
+    case "unverified":
+      return d.verifyError === undefined ? "unknown_ca" : Metrics.classifyTlsErrorCode(d.verifyError)
+    case "depth":
+      return "bad_certificate"
+    case "dual_use":
+      return "dual_use"
+    case "dn_not_authorized":
+      return "dn_rejected"
+  }
+}
+
+/** The peer chain as presented, leaf first, parsed by @sleeve/core. */
+const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
+  const chain: Array<Certificate.Certificate> = []
+  let c: Tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate
+  const seen = new Set<string>()
+  while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
+    seen.add(c.fingerprint256)
+    const parsed = Certificate.fromDer(c.raw)
+    if (Result.isFailure(parsed)) break
+    chain.push(parsed.success)
+    c = c.issuerCertificate === c ? undefined : c.issuerCertificate
+  }
+  return chain
+}
+
+/**
+ * Judges the peer of a finished handshake; on denial counts, logs, destroys and fails.
+ * Shared by both roles.
+ */
+const judge = (
+  socket: Tls.TLSSocket,
+  material: TlsMaterial.Material,
+  role: Metrics.Role,
+  ctx: SessionContext,
+  startedAt: number
+): Result.Result<Secured, TlsSessionError> => {
+  const chain = peerChain(socket)
+  const decision = CorePolicy.authorize(material.config, {
+    chain,
+    verified: socket.authorized,
+    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError)
+  })
+  const peer = chain[0]
+  if (decision._tag === "Deny") {
+    const reason = denyReason(decision)
+    ctx.metrics.handshakeFailed(ctx.listener, role, reason)
+    ctx.log("warn", "peer_rejected", {
+      listener: ctx.listener,
+      conn: ctx.connectionId,
+      role,
+      tls: material.config.name,
+      reason,
+      detail: decision.detail,
+      ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString }),
+      ...(decision.nearest === undefined ? {} : { nearestAuthorized: formatNearest(decision.nearest) })
+    })
+    socket.destroy()
+    return Result.fail(new TlsSessionError({ reason, message: decision.detail }))
+  }
+  const seconds = (performance.now() - startedAt) / 1000
+  ctx.metrics.handshake(ctx.listener, role, "ok", seconds)
+  if (peer !== undefined) ctx.metrics.peerCertificateNotAfter(ctx.listener, peer.notAfter)
+  ctx.log("info", "handshake_ok", {
+    listener: ctx.listener,
+    conn: ctx.connectionId,
+    role,
+    tls: material.config.name,
+    protocol: socket.getProtocol(),
+    cipher: socket.getCipher()?.standardName,
+    durationMs: Math.round(seconds * 1000),
+    ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString })
+  })
+  return Result.succeed({ socket, peer })
+}
+
+const formatNearest = (n: NonNullable<Extract<PeerPolicy.Decision, { _tag: "Deny" }>["nearest"]>): string =>
+  DistinguishedName.format(n.candidate)
+
+const failed = (
+  role: Metrics.Role,
+  material: TlsMaterial.Material,
+  ctx: SessionContext,
+  reason: Metrics.FailureReason,
+  error: unknown
+): TlsSessionError => {
+  ctx.metrics.handshakeFailed(ctx.listener, role, reason)
+  const code = (error as { code?: unknown } | undefined)?.code
+  const message = error instanceof Error ? error.message : String(error)
+  ctx.log("warn", "handshake_failed", {
+    listener: ctx.listener,
+    conn: ctx.connectionId,
+    role,
+    tls: material.config.name,
+    reason,
+    ...(typeof code === "string" ? { code } : {}),
+    error: message
+  })
+  return new TlsSessionError({ reason, message, cause: error })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server role
+// ---------------------------------------------------------------------------------------------
+
+interface Pending {
+  readonly resolve: (r: Result.Result<Secured, TlsSessionError>) => void
+  readonly ctx: SessionContext
+  readonly startedAt: number
+}
+
+/** Node sets `_parent` to the socket a TLSSocket wraps; the engine's events give only the TLSSocket. */
+const parentOf = (t: Tls.TLSSocket): Net.Socket | undefined => (t as unknown as { _parent?: Net.Socket })._parent
+
+/**
+ * A server-role TLS engine for one configuration: accepts raw sockets at any point of their life
+ * and resolves once the peer is secured and authorized. Build a new one to activate new material;
+ * handshakes already under way finish with the engine they started on.
+ */
+export interface ServerEngine {
+  readonly material: TlsMaterial.Material
+  /** Secures `raw` as TLS server. Never rejects: failures are a `Result` (already counted and logged). */
+  readonly accept: (raw: Net.Socket, ctx: SessionContext) => Promise<Result.Result<Secured, TlsSessionError>>
+}
+
+/** Builds a server engine; `handshakeTimeoutMs` bounds each handshake. */
+export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeoutMs: number): ServerEngine => {
+  const config = material.config
+  const pending = new WeakMap<Net.Socket, Pending>()
+  const engine = Tls.createServer({
+    ...material.secureContextOptions,
+    // verifyPeer: request asks for a certificate, require also makes OpenSSL fail the
+    // handshake (with a proper alert) when none is sent or the chain does not verify.
+    requestCert: config.verifyPeer !== "none",
+    rejectUnauthorized: config.verifyPeer === "require",
+    handshakeTimeout: handshakeTimeoutMs,
+    allowHalfOpen: true
+  })
+  const settle = (t: Tls.TLSSocket, r: (p: Pending) => Result.Result<Secured, TlsSessionError>) => {
+    const raw = parentOf(t)
+    const p = raw === undefined ? undefined : pending.get(raw)
+    if (raw === undefined || p === undefined) {
+      t.destroy()
+      return
+    }
+    pending.delete(raw)
+    p.resolve(r(p))
+  }
+  engine.on("secureConnection", (t: Tls.TLSSocket) =>
+    settle(t, (p) => judge(t, material, "server", p.ctx, p.startedAt))
+  )
+  engine.on("tlsClientError", (err: Error & { code?: string }, t: Tls.TLSSocket) =>
+    settle(t, (p) => {
+      // Node does not close the socket on a handshake timeout; we do, for every failure.
+      t.destroy()
+      // When OpenSSL rejected the peer's chain, the verify code says why better than the reset.
+      const verifyError = t.authorizationError
+      const reason: Metrics.FailureReason =
+        err.code === "ERR_TLS_HANDSHAKE_TIMEOUT"
+          ? "timeout"
+          : verifyError !== null && verifyError !== undefined
+            ? Metrics.classifyTlsErrorCode(String(verifyError))
+            : Metrics.classifyTlsError(err)
+      const error = verifyError
+        ? Object.assign(new Error(`peer certificate rejected: ${verifyError}`), { code: String(verifyError) })
+        : err
+      return Result.fail(failed("server", material, p.ctx, reason, error))
+    })
+  )
+  return {
+    material,
+    accept: (raw, ctx) =>
+      new Promise((resolve) => {
+        pending.set(raw, { resolve, ctx, startedAt: performance.now() })
+        // A raw socket that dies before OpenSSL says anything (a port scanner, a reset).
+        raw.once("close", () => {
+          const p = pending.get(raw)
+          if (p === undefined) return
+          pending.delete(raw)
+          resolve(
+            Result.fail(failed("server", material, ctx, "other", new Error("connection closed during handshake")))
+          )
+        })
+        engine.emit("connection", raw)
+      })
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client role
+// ---------------------------------------------------------------------------------------------
+
+/** Options of {@link connectClient}. */
+export interface ClientOptions {
+  /** SNI and the name the server certificate must match (a literal IP is matched, not sent as SNI). */
+  readonly serverName: string | undefined
+  /** Explicit opt-out of hostname verification; chain verification stays on. */
+  readonly insecureSkipHostnameVerification: boolean
+  readonly handshakeTimeoutMs: number
+}
+
+/** Secures an already-connected socket as TLS client. Never rejects; failures are counted and logged. */
+export const connectClient = (
+  raw: Net.Socket,
+  material: TlsMaterial.Material,
+  options: ClientOptions,
+  ctx: SessionContext
+): Promise<Result.Result<Secured, TlsSessionError>> =>
+  new Promise((resolve) => {
+    const config = material.config
+    const startedAt = performance.now()
+    let done = false
+    const finish = (r: Result.Result<Secured, TlsSessionError>) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      resolve(r)
+    }
+    const name = options.serverName
+    const connectOptions: Tls.ConnectionOptions = {
+      socket: raw,
+      ...material.secureContextOptions,
+      ...(name !== undefined && Net.isIP(name) === 0 ? { servername: name } : {}),
+      ...(name === undefined ? {} : { host: name }),
+      rejectUnauthorized: config.verifyPeer !== "none",
+      ...(options.insecureSkipHostnameVerification ? { checkServerIdentity: () => undefined } : {}),
+      // Not in @types/node's ConnectionOptions, but tls.connect passes it to the TLSSocket.
+      ...({ allowHalfOpen: true } as object)
+    }
+    const socket = Tls.connect(connectOptions)
+    socket.disableRenegotiation()
+    const timer = setTimeout(() => {
+      socket.destroy()
+      finish(
+        Result.fail(
+          failed(
+            "client",
+            material,
+            ctx,
+            "timeout",
+            new Error(`TLS handshake timed out after ${options.handshakeTimeoutMs} ms`)
+          )
+        )
+      )
+    }, options.handshakeTimeoutMs)
+    socket.once("secureConnect", () => {
+      if (done) return
+      finish(judge(socket, material, "client", ctx, startedAt))
+    })
+    socket.once("error", (err: Error & { code?: string }) => {
+      socket.destroy()
+      finish(Result.fail(failed("client", material, ctx, Metrics.classifyTlsError(err), err)))
+    })
+    socket.once("close", () => {
+      finish(Result.fail(failed("client", material, ctx, "other", new Error("connection closed during handshake"))))
+    })
+  })
