@@ -301,9 +301,11 @@ export const connectClient = (
     })
     socket.once("error", (err: Error & { code?: string }) => {
       socket.destroy()
+      if (done) return
       finish(Result.fail(failed("client", material, ctx, Metrics.classifyTlsError(err), err)))
     })
     socket.once("close", () => {
+      if (done) return
       finish(Result.fail(failed("client", material, ctx, "other", new Error("connection closed during handshake"))))
     })
   })
