@@ -11,7 +11,9 @@ import type { Certificate } from "@sleeve/core"
 import { ConfigFile } from "@sleeve/core"
 import { Metrics } from "@sleeve/metrics"
 import { EventLog, ProxyRuntime } from "@sleeve/proxy"
-import { Effect, Layer, Result } from "effect"
+import { Context, Effect, Layer, Result } from "effect"
+import { HttpServer } from "effect/http"
+import { NetAddress } from "effect/net"
 import * as Fs from "node:fs"
 import * as StatusServer from "./StatusServer.ts"
 
@@ -21,6 +23,16 @@ export interface RunOptions {
   readonly configPath: string
   /** How often referenced files are checked for changes (ms); default 1000. */
   readonly watchIntervalMs?: number
+  /** Called once every listener and the admin endpoint are bound (`sleeve demo` prints its commands then). */
+  readonly onReady?: (ready: ReadyInfo) => void
+  /** Where connection events go; JSON lines on stdout by default. */
+  readonly log?: EventLog.EventSink
+}
+
+/** Bound addresses, once ready. */
+export interface ReadyInfo {
+  readonly listeners: ReadonlyArray<{ readonly name: string; readonly mode: string; readonly listen: string }>
+  readonly admin: string | undefined
 }
 
 const certSummary = (c: Certificate.Certificate) => ({
@@ -45,7 +57,7 @@ const expiries = (a: ProxyRuntime.Activated): Array<Metrics.CertificateExpiry> =
 export const run = (options: RunOptions): Effect.Effect<void, Error> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const log = EventLog.makeJson()
+      const log = options.log ?? EventLog.makeJson()
       const metrics = Metrics.make()
       const first = ProxyRuntime.activate(options.configPath)
       if (Result.isFailure(first)) return yield* Effect.fail(first.failure)
@@ -134,8 +146,9 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       )
 
       const admin = first.success.config.admin
+      let adminAddress: string | undefined
       if (admin !== undefined && admin.listen._tag === "Tcp") {
-        yield* Layer.build(
+        const context = yield* Layer.build(
           StatusServer.layer(admin.listen, {
             metrics,
             ready: () => proxy.status().ready,
@@ -158,12 +171,16 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
             }
           })
         ).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
+        const address = Context.get(context, HttpServer.HttpServer).address
+        adminAddress = address._tag === "UnixPathAddress" ? undefined : NetAddress.formatUrlUnsafe(address, "http")
       }
       metrics.setReady(true)
-      log("info", "ready", {
+      const ready: ReadyInfo = {
         listeners: proxy.status().listeners.map((l) => ({ name: l.name, mode: l.mode, listen: l.listen })),
-        ...(admin === undefined ? {} : { admin: ConfigFile.formatAddress(admin.listen) })
-      })
+        admin: adminAddress
+      }
+      log("info", "ready", { ...ready })
+      options.onReady?.(ready)
       return yield* Effect.never
     })
   )
