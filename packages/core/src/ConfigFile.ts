@@ -76,15 +76,14 @@ const ListenerSchema = Schema.Struct({
   maxConnections: Schema.optionalKey(Schema.Int)
 })
 
-const FileSchema = Schema.Struct({
-  tls: Schema.Record(Schema.String, TlsConfigSchema),
-  listeners: Schema.optionalKey(Schema.Array(ListenerSchema)),
-  admin: Schema.optionalKey(Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })),
-  drainTimeout: Schema.optionalKey(DurationInput),
-  expiryWarning: Schema.optionalKey(DurationInput)
-})
+// The top level is decoded key by key, and each TLS configuration and listener on its own, so
+// that one broken entry does not hide the problems of the others (see `decode`).
+const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning"] as const
+const TlsMapSchema = Schema.Record(Schema.String, Schema.Unknown)
+const ListenerArraySchema = Schema.Array(Schema.Unknown)
+const AdminSchema = Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })
 
-type RawFile = typeof FileSchema.Type
+type RawAdmin = typeof AdminSchema.Type
 type RawTlsConfig = typeof TlsConfigSchema.Type
 type RawListener = typeof ListenerSchema.Type
 
@@ -281,6 +280,9 @@ const deprecatedProtocols = new Set(["TLSv1", "TLSv1.0", "TLSv1.1", "SSLv3", "SS
 const structuralRule = (raw: unknown, path: ReadonlyArray<PropertyKey>, message: string): string => {
   const value = valueAt(raw, path)
   const last = path[path.length - 1]
+  if (path.length === 3 && path[0] === "tls" && last === "privateKeyPassword") {
+    return "expected { env: NAME }, { file: PATH } or { prompt: true } — the password itself never goes in the file"
+  }
   if (message === "Expected no excess property") return `unknown key "${String(last)}"`
   if (message === "Missing key") return "required key is missing"
   const parent = path[path.length - 2]
@@ -289,9 +291,6 @@ const structuralRule = (raw: unknown, path: ReadonlyArray<PropertyKey>, message:
       `expected "TLSv1.2" | "TLSv1.3", got "${value}": TLS 1.0/1.1 (and SSL) are refused — ` +
       "they are deprecated by RFC 8996 and lack modern AEAD ciphers; upgrade the peer to TLS 1.2 or later"
     )
-  }
-  if (path.length >= 3 && path[0] === "tls" && last === "privateKeyPassword") {
-    return "expected { env: NAME }, { file: PATH } or { prompt: true } — the password itself never goes in the file"
   }
   const expected = message.startsWith("Expected ") ? message.slice("Expected ".length) : message
   return `expected ${expected}, got ${showValue(value)}`
@@ -312,11 +311,14 @@ export const decode = (text: string, file: string): Result.Result<SleeveConfig, 
   const error = (path: string, rule: string) => problems.push({ file: shown, path, rule, severity: "error" })
 
   // syntax
-  const doc = Yaml.parseDocument(text, { prettyErrors: false, uniqueKeys: true })
+  // `linePos` is only filled in with prettyErrors, which also rewrites the message; a LineCounter
+  // gives the position without touching the message.
+  const lineCounter = new Yaml.LineCounter()
+  const doc = Yaml.parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter })
   if (doc.errors.length > 0) {
     for (const e of doc.errors) {
-      const pos = e.linePos?.[0]
-      error("", `${pos ? `line ${pos.line}, column ${pos.col}: ` : ""}invalid YAML: ${e.message.split("\n")[0]}`)
+      const pos = lineCounter.linePos(e.pos[0])
+      error("", `line ${pos.line}, column ${pos.col}: invalid YAML: ${e.message.split("\n")[0]}`)
     }
     return Result.fail(new ConfigError({ file: shown, problems }))
   }
@@ -326,39 +328,85 @@ export const decode = (text: string, file: string): Result.Result<SleeveConfig, 
     return Result.fail(new ConfigError({ file: shown, problems }))
   }
 
-  // structure
-  const structural = Schema.decodeUnknownExit(FileSchema)(raw, { errors: "all", onExcessProperty: "error" })
-  if (structural._tag === "Failure") {
-    const issue = findSchemaIssue(structural.cause)
-    if (issue === undefined) throw new Error("schema decoding failed without an issue")
-    for (const i of SchemaIssue.makeFormatterStandardSchemaV1()(issue).issues) {
-      const path = (i.path ?? []).map((p) => (typeof p === "object" && p !== null && "key" in p ? p.key : p))
-      error(formatPath(path), structuralRule(raw, path, i.message))
-    }
-    return Result.fail(new ConfigError({ file: shown, problems }))
+  // Structure, then semantics, part by part: a TLS configuration or a listener with a
+  // structural problem is left out of the semantic pass, and every other part is still checked,
+  // so one run lists every problem of the file.
+  const root = raw as Record<string, unknown>
+  const part = <A>(schema: Schema.Decoder<A>, path: ReadonlyArray<PropertyKey>): A | undefined =>
+    decodePart(schema, valueAt(root, path), root, path, error)
+  for (const key of Object.keys(root)) {
+    if (!(topLevelKeys as ReadonlyArray<string>).includes(key)) error(key, `unknown key "${key}"`)
   }
-  const decoded = structural.value
+  if (root.tls === undefined) error("tls", "required key is missing")
+  const tlsMap = root.tls === undefined ? undefined : part(TlsMapSchema, ["tls"])
+  const listenerArray = root.listeners === undefined ? [] : part(ListenerArraySchema, ["listeners"])
+  const rawDuration = (key: "drainTimeout" | "expiryWarning") =>
+    root[key] === undefined ? undefined : part(DurationInput, [key])
 
-  // semantics
   const base = Path.dirname(absFile)
   const tls = new Map<string, TlsConfig>()
-  for (const [name, cfg] of Object.entries(decoded.tls)) {
-    tls.set(
-      name,
-      decodeTlsConfig(name, cfg, base, (p, r) => error(`tls.${name}.${p}`, r))
-    )
+  const brokenTls = new Set<string>()
+  for (const name of Object.keys(tlsMap ?? {})) {
+    const cfg = part(TlsConfigSchema, ["tls", name])
+    if (cfg === undefined) brokenTls.add(name)
+    else
+      tls.set(
+        name,
+        decodeTlsConfig(name, cfg, base, (p, r) => error(`tls.${name}.${p}`, r))
+      )
   }
-  const listeners = (decoded.listeners ?? []).flatMap((l, i) => {
-    const r = decodeListener(l, tls, (p, rule) => error(`listeners[${i}]${p === "" ? "" : `.${p}`}`, rule))
-    return r === undefined ? [] : [r]
-  })
-  checkListenerSet(listeners, error)
-  const admin = decodeAdmin(decoded, error)
-  const drainTimeoutMs = durationOr(decoded.drainTimeout, defaults.drainTimeoutMs, "drainTimeout", error)
-  const expiryWarningMs = durationOr(decoded.expiryWarning, defaults.expiryWarningMs, "expiryWarning", error)
+  // Without a readable `tls` mapping, a reference cannot be judged: say nothing about it.
+  const references: References = {
+    names: Object.keys(tlsMap ?? {}),
+    status: (name) => (tls.has(name) ? "known" : brokenTls.has(name) || tlsMap === undefined ? "broken" : "unknown")
+  }
+  const rawListeners = (listenerArray ?? []).map((_, i) => part(ListenerSchema, ["listeners", i]))
+  const decodedListeners = rawListeners.map((l, i) =>
+    l === undefined
+      ? undefined
+      : decodeListener(l, tls, references, (p, rule) => error(`listeners[${i}]${p === "" ? "" : `.${p}`}`, rule))
+  )
+  const listeners = decodedListeners.flatMap((l) => (l === undefined ? [] : [l]))
+  const rawAdmin: RawAdmin | undefined = root.admin === undefined ? {} : part(AdminSchema, ["admin"])
+  const admin = rawAdmin === undefined ? undefined : decodeAdmin(rawAdmin, error)
+  checkListenerSet(rawListeners, admin, error)
+  const drainTimeoutMs = durationOr(rawDuration("drainTimeout"), defaults.drainTimeoutMs, "drainTimeout", error)
+  const expiryWarningMs = durationOr(rawDuration("expiryWarning"), defaults.expiryWarningMs, "expiryWarning", error)
 
   if (problems.length > 0) return Result.fail(new ConfigError({ file: shown, problems }))
   return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs })
+}
+
+/**
+ * Decodes one part of the document (`value`, found at `prefix` in `root`) and reports its
+ * structural problems with their full paths; `undefined` when there was any.
+ */
+const decodePart = <A>(
+  schema: Schema.Decoder<A>,
+  value: unknown,
+  root: unknown,
+  prefix: ReadonlyArray<PropertyKey>,
+  error: (path: string, rule: string) => void
+): A | undefined => {
+  const exit = Schema.decodeUnknownExit(schema)(value, { errors: "all", onExcessProperty: "error" })
+  if (exit._tag === "Success") return exit.value
+  const issue = findSchemaIssue(exit.cause)
+  if (issue === undefined) throw new Error("schema decoding failed without an issue")
+  const seen = new Set<string>()
+  for (const i of SchemaIssue.makeFormatterStandardSchemaV1()(issue).issues) {
+    const inner = (i.path ?? []).map((p) => (typeof p === "object" && p !== null && "key" in p ? p.key : p))
+    let path = [...prefix, ...inner]
+    // A password source is a union of three shapes: the issues of every member inside it would
+    // contradict each other ("unknown key env", "env: required key is missing"); one rule for
+    // the whole field says what is allowed.
+    if (path[0] === "tls" && path[2] === "privateKeyPassword") path = path.slice(0, 3)
+    const rule = structuralRule(root, path, i.message)
+    const key = `${formatPath(path)}\u0000${rule}`
+    if (seen.has(key)) continue
+    seen.add(key)
+    error(formatPath(path), rule)
+  }
+  return undefined
 }
 
 const findSchemaIssue = (cause: unknown): SchemaIssue.Issue | undefined => {
@@ -403,8 +451,7 @@ const decodeTlsConfig = (
       cfg.certificateFile === undefined ? "certificateFile" : "privateKeyFile",
       "a server configuration needs certificateFile and privateKeyFile"
     )
-  }
-  if ((cfg.certificateFile === undefined) !== (cfg.privateKeyFile === undefined)) {
+  } else if ((cfg.certificateFile === undefined) !== (cfg.privateKeyFile === undefined)) {
     error(
       cfg.certificateFile === undefined ? "certificateFile" : "privateKeyFile",
       "certificateFile and privateKeyFile go together"
@@ -422,6 +469,8 @@ const decodeTlsConfig = (
   ;(cfg.authorizedPeers ?? []).forEach((s, i) => {
     const r = DistinguishedName.parse(s)
     if (Result.isFailure(r)) error(`authorizedPeers[${i}]`, `not a distinguished name: ${r.failure.message}`)
+    // Fail closed: an empty DN would authorize any verified certificate with an empty subject.
+    else if (r.success.rdns.length === 0) error(`authorizedPeers[${i}]`, "an empty distinguished name is not allowed")
     else authorizedPeers.push(r.success)
   })
   // Authorization without verification would trust whatever the peer claims: fail closed.
@@ -465,12 +514,19 @@ const decodeTlsConfig = (
   }
 }
 
+/** What a listener may refer to: every configuration name, and whether one decoded. */
+interface References {
+  readonly names: ReadonlyArray<string>
+  readonly status: (name: string) => "known" | "broken" | "unknown"
+}
+
 const requiredTlsType = (l: RawListener): "server" | "client" =>
   l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.side ?? "server")
 
 const decodeListener = (
   l: RawListener,
   tls: ReadonlyMap<string, TlsConfig>,
+  references: References,
   error: (path: string, rule: string) => void
 ): Listener | undefined => {
   const before = { n: 0 }
@@ -489,8 +545,12 @@ const decodeListener = (
   const cfg = tls.get(l.tls)
   const wanted = requiredTlsType(l)
   if (cfg === undefined) {
-    const known = [...tls.keys()]
-    err("tls", `no TLS configuration named "${l.tls}"${known.length > 0 ? ` (known: ${known.join(", ")})` : ""}`)
+    // A configuration with structural problems has its own; the listener is still left out.
+    if (references.status(l.tls) === "broken") before.n++
+    else {
+      const known = references.names
+      err("tls", `no TLS configuration named "${l.tls}"${known.length > 0 ? ` (known: ${known.join(", ")})` : ""}`)
+    }
   } else if (!cfg.enabled) {
     err("tls", `TLS configuration "${l.tls}" is disabled (enabled: false)`)
   } else if (cfg.type !== wanted) {
@@ -515,6 +575,19 @@ const decodeListener = (
       l.serverName !== undefined ? "serverName" : "insecureSkipHostnameVerification",
       "only applies to client-side TLS"
     )
+  }
+  // The STARTTLS negotiator's own rules, checked here so that `sleeve check` catches them before
+  // any socket opens: what Sleeve sends must be one clean protocol line.
+  if (l.clientName !== undefined && !/^[A-Za-z0-9.:[\]-]{1,255}$/.test(l.clientName)) {
+    err("clientName", `expected a domain or an address literal, got ${showValue(l.clientName)}`)
+  }
+  if (l.line !== undefined) {
+    for (const key of ["command", "reply"] as const) {
+      const value = l.line[key]
+      if (value.length > 1000 || /[\r\n\x00]|[^\x00-\xff]/.test(value)) {
+        err(`line.${key}`, "expected 1 to 1000 Latin-1 characters without CR, LF or NUL")
+      }
+    }
   }
   if (l.maxConnections !== undefined && l.maxConnections < 1) {
     err("maxConnections", `expected at least 1, got ${l.maxConnections}`)
@@ -558,24 +631,39 @@ const decodeListener = (
   }
 }
 
-const checkListenerSet = (listeners: ReadonlyArray<Listener>, error: (path: string, rule: string) => void): void => {
+/**
+ * Names and listen addresses must be unique across listeners and the admin endpoint. Works on the
+ * raw listeners so that indices are the file's, and a listener with another problem is still
+ * checked against the others.
+ */
+const checkListenerSet = (
+  listeners: ReadonlyArray<RawListener | undefined>,
+  admin: SleeveConfig["admin"],
+  error: (path: string, rule: string) => void
+): void => {
   const names = new Map<string, number>()
   const addresses = new Map<string, number>()
+  const adminKey = admin === undefined ? undefined : formatAddress(admin.listen)
   listeners.forEach((l, i) => {
+    if (l === undefined) return
     const n = names.get(l.name)
     if (n !== undefined) error(`listeners[${i}].name`, `duplicate listener name "${l.name}" (also listeners[${n}])`)
     else names.set(l.name, i)
-    if (l.listen._tag === "Tcp" && l.listen.port !== 0) {
-      const key = formatAddress(l.listen)
+    const listen = parseAddress(l.listen)
+    // Port 0 asks the system for a free port: never a clash.
+    if (Result.isSuccess(listen) && listen.success._tag === "Tcp" && listen.success.port !== 0) {
+      const key = formatAddress(listen.success)
       const a = addresses.get(key)
       if (a !== undefined) error(`listeners[${i}].listen`, `address ${key} is also used by listeners[${a}]`)
       else addresses.set(key, i)
+      if (key === adminKey)
+        error(`listeners[${i}].listen`, `address ${key} is also used by the admin endpoint (admin.listen)`)
     }
   })
 }
 
-const decodeAdmin = (decoded: RawFile, error: (path: string, rule: string) => void): SleeveConfig["admin"] => {
-  const listen = decoded.admin?.listen ?? defaults.adminListen
+const decodeAdmin = (raw: RawAdmin, error: (path: string, rule: string) => void): SleeveConfig["admin"] => {
+  const listen = raw.listen ?? defaults.adminListen
   const r = parseAddress(listen)
   if (Result.isFailure(r)) {
     error("admin.listen", r.failure)

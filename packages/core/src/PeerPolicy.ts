@@ -6,7 +6,7 @@
  * The checks run in a fixed order, and the first failure is the reason reported:
  * 1. a certificate was presented (`verifyPeer: require`; `request` lets a peer without one pass);
  * 2. its chain verified to the configured CA (OpenSSL's verdict — never re-implemented here);
- * 3. the chain is no deeper than `verifyDepth`;
+ * 3. the chain has no more than `verifyDepth` intermediate CAs (the leaf and root not counted);
  * 4. the leaf satisfies the dual-use rule (`requireDualUse`);
  * 5. the leaf's subject DN equals one of `authorizedPeers`, compared as structured DNs
  *    (RFC 4517 matching), never as strings, so `CN=node1\,O=Trusted` is not `CN=node1,O=Trusted`.
@@ -66,12 +66,20 @@ export const authorize = (config: ConfigFile.TlsConfig, observed: Observed): Dec
       verifyError: observed.verifyError
     }
   }
-  // verifyDepth: intermediates between the leaf and the trust anchor
-  if (observed.chain.length - 1 > config.verifyDepth) {
+  // verifyDepth: intermediates between the leaf and the trust anchor, as OpenSSL counts them
+  // (neither the leaf nor the trust anchor counts). Whether the chain ends with the self-issued
+  // root (Node's `getPeerCertificate(true)` on a verified chain) or not (a chain as presented),
+  // the number is the same.
+  const last = observed.chain[observed.chain.length - 1]
+  const anchor = observed.chain.length > 1 && last !== undefined && Certificate.isSelfIssued(last) ? 1 : 0
+  const intermediates = observed.chain.length - 1 - anchor
+  if (intermediates > config.verifyDepth) {
     return {
       _tag: "Deny",
       reason: "depth",
-      detail: `the peer chain has ${observed.chain.length - 1} issuers, more than verifyDepth ${config.verifyDepth}`,
+      detail:
+        `the peer chain has ${intermediates} intermediate CA certificate${intermediates === 1 ? "" : "s"}, ` +
+        `more than verifyDepth ${config.verifyDepth}`,
       peer: leaf
     }
   }

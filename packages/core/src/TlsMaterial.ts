@@ -123,24 +123,52 @@ const chainsTo = (
  * certificates may follow each other.
  */
 export const checkCaFileOrder = (certs: ReadonlyArray<Certificate.Certificate>): string | undefined => {
-  for (let i = 0; i + 1 < certs.length; i++) {
+  // Every certificate is checked, the last one too: an issuer placed before the certificate it
+  // issued (root first, then intermediate) is out of order as well.
+  for (let i = 0; i < certs.length; i++) {
     const child = certs[i]!
     if (Certificate.isSelfIssued(child)) continue
-    const r = Certificate.checkChainOrder([child, certs[i + 1]!])
-    if (Result.isSuccess(r)) continue
-    // The issuer of certs[i] is somewhere else in the file: that is an out-of-order file.
-    const elsewhere = certs.findIndex(
-      (c, j) => j !== i + 1 && Result.isSuccess(Certificate.checkChainOrder([child, c]))
-    )
+    const next = certs[i + 1]
+    if (next !== undefined && Result.isSuccess(Certificate.checkChainOrder([child, next]))) continue
+    // The issuer of certs[i] is somewhere else in the file: that is an out-of-order file. An
+    // issuer that is not in the file at all is not an order problem.
+    const elsewhere = certs.findIndex((c, j) => j !== i && Result.isSuccess(Certificate.checkChainOrder([child, c])))
     if (elsewhere !== -1) {
       return (
-        `certificates are out of order: certificate #${i + 2} (${certs[i + 1]!.subjectString}) should be the issuer ` +
-        `of certificate #${i + 1} (${child.subjectString}), which is certificate #${elsewhere + 1}; ` +
-        "the file must hold this instance's certificate first, then each issuer in turn"
+        `certificates are out of order: the issuer of certificate #${i + 1} (${child.subjectString}) is ` +
+        `certificate #${elsewhere + 1} (${certs[elsewhere]!.subjectString}), ` +
+        (next === undefined
+          ? "but it comes before it"
+          : `but certificate #${i + 2} (${next.subjectString}) follows it`) +
+        "; the file must hold this instance's certificate first, then each issuer in turn"
       )
     }
   }
   return undefined
+}
+
+/** Every TLS 1.3 suite this Node/OpenSSL knows, upper case (`TLS_AES_128_GCM_SHA256`, …). */
+const knownTls13Suites = (): ReadonlyArray<string> =>
+  Tls.getCiphers()
+    .filter((c) => c.startsWith("tls_"))
+    .map((c) => c.toUpperCase())
+
+/**
+ * Entries of an OpenSSL TLS 1.2 cipher list that give up forward secrecy or AEAD. Named suites
+ * are judged by their name (ECDHE/DHE key exchange, GCM/CHACHA20/CCM cipher); keywords only
+ * when they name a weak family. Exclusions (`!RC4`, `-3DES`) and reorderings (`+SHA`) are never
+ * weak.
+ */
+const weakCipherEntries = (cipherList: string): ReadonlyArray<string> => {
+  const known = new Set(Tls.getCiphers().map((c) => c.toUpperCase()))
+  return cipherList
+    .split(/[:, ]+/)
+    .filter((c) => c !== "" && !/^[!+-]/.test(c))
+    .filter((c) =>
+      known.has(c.toUpperCase())
+        ? !/^(ECDHE|DHE)-/i.test(c) || !/GCM|CHACHA20|CCM/i.test(c)
+        : /^(ALL|LOW|MEDIUM|EXP|EXPORT|NULL|eNULL|aNULL|RC4|DES|3DES|MD5|SHA1?|CBC)$/i.test(c)
+    )
 }
 
 /**
@@ -234,12 +262,16 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
     else if (!problems.some((p) => p.path === at("privateKeyPassword"))) {
       const key = PrivateKey.load(text.success, password, config.name, config.privateKeyFile)
       if (Result.isFailure(key)) {
-        error(key.failure.reason === "Malformed" ? "privateKeyFile" : "privateKeyPassword", key.failure.message)
+        // Only a missing or wrong password is the password's fault; an unreadable or refused key
+        // (a 1024-bit RSA key, an unsupported curve) is the key file's.
+        const passwordFault = key.failure.reason === "PasswordRequired" || key.failure.reason === "WrongPassword"
+        error(passwordFault ? "privateKeyPassword" : "privateKeyFile", key.failure.message)
       } else {
         if (config.privateKeyType !== undefined && key.success.type !== config.privateKeyType) {
           error(
             "privateKeyType",
-            `expected a ${config.privateKeyType} key, but ${config.privateKeyFile} holds a ${key.success.type} key (${key.success.detail})`
+            // "an": RSA, EC and Ed25519 all begin with a vowel sound.
+            `expected an ${config.privateKeyType} key, but ${config.privateKeyFile} holds an ${key.success.type} key (${key.success.detail})`
           )
         }
         const leaf = chain?.[0]
@@ -262,11 +294,34 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
     else crlPem = text.success
   }
 
+  // cipherList is OpenSSL's TLS 1.2 list, cipherSuites the TLS 1.3 one. Node has a single
+  // `ciphers` option and sends its `TLS_*` entries to SSL_CTX_set_ciphersuites (there is no
+  // `ciphersuites` option: one would be silently ignored), so both lists are joined here, and each
+  // is checked on its own so that a mistake is reported against the field that holds it.
+  const tls13Suites = knownTls13Suites()
+  const misplaced = config.cipherList.split(/[:, ]+/).filter((c) => /^TLS_/i.test(c))
+  if (misplaced.length > 0) {
+    // Node would move them to the TLS 1.3 list, and raise minVersion to TLS 1.3 if nothing else is left.
+    error(
+      "cipherList",
+      `${misplaced.join(", ")} ${misplaced.length === 1 ? "is a TLS 1.3 suite" : "are TLS 1.3 suites"}; put TLS 1.3 suites in cipherSuites`
+    )
+  }
+  if (config.cipherSuites !== undefined) {
+    // OpenSSL silently drops unknown TLS 1.3 suite names as long as one is known: check every name.
+    const unknown = config.cipherSuites.split(":").filter((c) => !tls13Suites.includes(c))
+    if (unknown.length > 0) {
+      error(
+        "cipherSuites",
+        `unknown TLS 1.3 ${unknown.length === 1 ? "suite" : "suites"} ${unknown.map((c) => `"${c}"`).join(", ")}; ` +
+          `this Node/OpenSSL (${process.versions.openssl}) knows ${tls13Suites.join(", ")}`
+      )
+    }
+  }
   const secureContextOptions: Tls.SecureContextOptions = {
     minVersion: config.minVersion,
     maxVersion: config.maxVersion,
-    ciphers: config.cipherList,
-    ...(config.cipherSuites === undefined ? {} : { ciphersuites: config.cipherSuites }),
+    ciphers: config.cipherSuites === undefined ? config.cipherList : `${config.cipherList}:${config.cipherSuites}`,
     ...(chain === undefined ? {} : { cert: chain.map((c) => c.pem).join("") }),
     ...(keyPem === undefined ? {} : { key: Redacted.value(keyPem) }),
     ...(caPem === undefined ? {} : { ca: caPem }),
@@ -282,17 +337,18 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
       Tls.createSecureContext(secureContextOptions)
     } catch (e) {
       const message = (e as Error).message
+      // cipherSuites was checked name by name above, so a cipher error is the TLS 1.2 list's.
       const field = /cipher/i.test(message)
-        ? config.cipherSuites !== undefined && /suite/i.test(message)
-          ? "cipherSuites"
-          : "cipherList"
-        : /key|certificate/i.test(message)
-          ? "certificateFile"
-          : "protocols"
+        ? "cipherList"
+        : /CRL/.test(message)
+          ? "crlFile"
+          : /key|certificate/i.test(message)
+            ? "certificateFile"
+            : "protocols"
       error(field, `rejected by this Node/OpenSSL (${process.versions.openssl}): ${message}`)
     }
-    if (config.cipherList !== undefined && config.minVersion === "TLSv1.2") {
-      const weak = config.cipherList.split(":").filter((c) => /CBC|SHA$|RC4|3DES|NULL|EXPORT|^AES\d+-SHA/i.test(c))
+    if (config.minVersion === "TLSv1.2") {
+      const weak = weakCipherEntries(config.cipherList)
       if (weak.length > 0) {
         warning("cipherList", `includes suites without AEAD or forward secrecy: ${weak.join(", ")}`)
       }
