@@ -7,7 +7,7 @@
  * It binds `admin.listen` (default 127.0.0.1:9464): loopback by default, because `/status` shows
  * certificate details and there is no authentication on this endpoint.
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type { ConfigFile } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
 import { Effect, Layer } from "effect"
