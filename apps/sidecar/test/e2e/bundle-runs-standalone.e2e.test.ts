@@ -1,0 +1,106 @@
+/**
+ * The one-file build: `rolldown -c rolldown.config.ts` (the package's `bundle` script) writes
+ * `dist/main.js`; a copy of it, alone in an empty folder with no node_modules anywhere above,
+ * must run `--version`, `dn` and `check` (encrypted key, chain, dual-use) exactly as the source does,
+ * and `demo`, whose test PKI needs @peculiar/x509 and so the reflect-metadata polyfill.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as TestPki from "@sleeve/testing/TestPki"
+import { existsSync } from "node:fs"
+import { copyFile, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
+import { isBuiltin } from "node:module"
+import { tmpdir } from "node:os"
+import { dirname, join } from "node:path"
+import { readyLine } from "../../src/Demo.ts"
+import { appDir, lines, node, nodeBinDir, run, stopWhenReady } from "../support/Sleeve.ts"
+
+let pki: TestPki.TestPki
+let bundleDir = ""
+const password = "bundle-key-password"
+
+beforeAll(async () => {
+  pki = await TestPki.make()
+  const ca = await pki.ca({ name: "root" })
+  const intermediate = await pki.intermediate(ca, { name: "intermediate" })
+  await pki.leaf(intermediate, { name: "node", subject: [{ CN: "node" }, { O: "Bundle, Inc" }], keyPassword: password })
+  await pki.write(
+    "sleeve.yaml",
+    `
+tls:
+  Mirror:
+    type: server
+    certificateFile: node.chain.pem
+    privateKeyFile: node.key
+    privateKeyPassword: { env: KEY_PASSWORD }
+    caFile: ca-bundle.pem
+    verifyPeer: require
+    requireDualUse: true
+listeners:
+  - { name: in, mode: terminate, listen: "127.0.0.1:2188", target: "127.0.0.1:1972", tls: Mirror }
+`
+  )
+  bundleDir = await mkdtemp(join(tmpdir(), "sleeve-bundle-"))
+})
+
+afterAll(async () => {
+  await pki?.cleanup()
+  if (bundleDir !== "") await rm(bundleDir, { recursive: true, force: true })
+})
+
+describe("bundle (dist/main.js)", { timeout: 90_000 }, () => {
+  it("builds with rolldown and runs from an empty folder without node_modules", async () => {
+    const started = Date.now()
+    const build = await run(join(appDir, "node_modules/.bin/rolldown"), ["-c", "rolldown.config.ts"], {
+      cwd: appDir,
+      env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` },
+      timeoutMs: 80_000
+    })
+    expect(build.code, build.stderr + build.stdout).toBe(0)
+    const built = join(appDir, "dist/main.js")
+    expect((await stat(built)).mtimeMs).toBeGreaterThanOrEqual(started - 1000)
+    const code = await readFile(built, "utf8")
+    // Only Node built-ins are left to import at run time.
+    const imports = [...code.matchAll(/^import\s(?:[^'"]*?\sfrom\s)?["']([^"']+)["']/gm)].map((m) => m[1])
+    expect(imports.length).toBeGreaterThan(0)
+    expect(imports.filter((s) => s === undefined || !isBuiltin(s))).toEqual([])
+
+    const main = join(bundleDir, "main.js")
+    await copyFile(built, main)
+    expect(await readdir(bundleDir)).toEqual(["main.js"])
+    // Nothing to fall back on: no node_modules in the folder or any folder above it.
+    const above: Array<string> = []
+    for (let d = bundleDir; ; d = dirname(d)) {
+      if (existsSync(join(d, "node_modules"))) above.push(d)
+      if (dirname(d) === d) break
+    }
+    expect(above).toEqual([])
+
+    const pkg = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as { version: string }
+    const [version, dn, check, checkNoPassword, demo] = await Promise.all([
+      run(node, [main, "--version"], { cwd: bundleDir }),
+      run(node, [main, "dn", "--all", "node.chain.pem"], { cwd: pki.dir }),
+      run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir, env: { KEY_PASSWORD: password } }),
+      run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir }),
+      stopWhenReady(node, [main, "demo"], { cwd: bundleDir, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
+    ])
+    expect(version.stdout).toBe(`sleeve ${pkg.version}\n`)
+    expect(version.code).toBe(0)
+
+    expect(lines(dn.stdout)).toEqual(["CN=node,O=Bundle\\, Inc", "CN=intermediate"])
+    expect(dn.code).toBe(0)
+
+    expect(check.stderr).toBe("")
+    expect(lines(check.stdout)).toEqual(["sleeve.yaml: OK (1 TLS configuration, 1 listener)"])
+    expect(check.code).toBe(0)
+
+    expect(lines(checkNoPassword.stdout)).toEqual([
+      "sleeve.yaml: tls.Mirror.privateKeyPassword: environment variable KEY_PASSWORD is not set (it should hold the key password)",
+      "sleeve.yaml: 1 error"
+    ])
+    expect(checkNoPassword.code).toBe(1)
+
+    expect(demo.signalled).toBe(true)
+    expect(demo.stderr, demo.stderr).not.toMatch(/^sleeve: |^\s+at /m)
+    expect(demo.code).toBe(0)
+  })
+})
