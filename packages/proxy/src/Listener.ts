@@ -386,7 +386,8 @@ export class RunningListener {
     const timer = setTimeout(() => abort.abort(), limit)
     const [peer, app] = side === "server" ? [live.raw, other] : [other, live.raw]
     try {
-      const up = await StarttlsSession[side === "server" ? "runServerSide" : "runClientSide"]({
+      const runSide = side === "server" ? StarttlsSession.runServerSide : StarttlsSession.runClientSide
+      const up = await runSide({
         peer,
         app,
         negotiator,
@@ -409,9 +410,24 @@ export class RunningListener {
     } catch (e) {
       clearTimeout(timer)
       const reason = e instanceof StarttlsSession.StarttlsSessionError ? e.reason : "aborted"
-      const refused = reason === "starttls_required" || reason === "cleartext_limit"
-      m.starttlsUpgrade(this.name, st.protocol, refused ? "refused" : "failed")
-      if (refused) m.connectionRefused(this.name, reason)
+      // docs/metrics.md: `refused` when Sleeve or the target refused (a client that hangs up
+      // after its commands were answered "TLS required", e.g. SMTP 530, was refused too),
+      // `failed` when the upgrade itself failed. A server-side client that left or timed out
+      // without ever asking for STARTTLS made no upgrade attempt and is not counted.
+      const refusal: Metrics.RefusedReason | undefined =
+        reason === "starttls_required" || reason === "cleartext_limit"
+          ? reason
+          : side === "server" && negotiator.phase === "negotiating" && negotiator.stats.refusedCommands > 0
+            ? "starttls_required"
+            : undefined
+      const result: Metrics.StarttlsResult | undefined =
+        refusal !== undefined || reason === "not_offered" || reason === "protocol_error"
+          ? "refused"
+          : side === "server" && negotiator.phase === "negotiating"
+            ? undefined
+            : "failed"
+      if (result !== undefined) m.starttlsUpgrade(this.name, st.protocol, result)
+      if (refusal !== undefined) m.connectionRefused(this.name, refusal)
       if (!(e instanceof StarttlsSession.StarttlsSessionError && e.cause instanceof TlsSession.TlsSessionError)) {
         this.#deps.log("warn", "starttls_failed", {
           listener: this.name,
