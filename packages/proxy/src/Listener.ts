@@ -406,7 +406,9 @@ export class RunningListener {
       clearTimeout(timer)
       m.starttlsUpgrade(this.name, st.protocol, "ok")
       live.sockets.add(up.peer)
-      return this.#relay(live, up.peer, up.app, current, up.appToPeer, "target")
+      // The plaintext leg is the target on the server side and the connecting client on the
+      // client side: byte directions are read from it accordingly.
+      return this.#relay(live, up.peer, up.app, current, up.appToPeer, side === "server" ? "target" : "client")
     } catch (e) {
       clearTimeout(timer)
       const reason = e instanceof StarttlsSession.StarttlsSessionError ? e.reason : "aborted"
