@@ -25,8 +25,8 @@ const readLine = (socket: Net.Socket): Promise<string> =>
       socket.off("data", onData)
       socket.off("error", reject)
       socket.pause()
-      // A well-behaved peer sends nothing after STARTTLS until it has our answer.
-      if (buf.length > i + 1) socket.unshift(Buffer.from(buf.slice(i + 1)))
+      // Anything after the line is dropped: before an upgrade, bytes a peer pipelines after
+      // STARTTLS must never be treated as part of the secured session (CVE-2011-0411 class).
       resolve(buf.slice(0, i).replace(/\r$/, ""))
     }
     socket.on("data", onData)
