@@ -65,19 +65,25 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       metrics.replaceCertificates(expiries(first.success))
       metrics.configLoaded()
 
+      // Draining runs once, from whichever finalizer comes first: normally the one added after
+      // the admin endpoint (finalizers run in reverse order), so that `/readyz` answers 503 and
+      // `/metrics` stays scrapable while connections finish; the proxy's own release covers a
+      // start that fails before the admin endpoint is up.
+      let draining: Promise<void> | undefined
+      const drainOnce = (running: ProxyRuntime.Running): Promise<void> =>
+        (draining ??= (async () => {
+          metrics.setReady(false)
+          const deadlineMs = running.current().config.drainTimeoutMs
+          log("info", "draining", { deadlineMs, activeConnections: countActive(running) })
+          const closed = await running.drain(deadlineMs)
+          log("info", "stopped", { closedAtDeadline: closed })
+        })())
       const proxy = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: () => ProxyRuntime.start(first.success, { metrics, log }),
           catch: (cause) => new Error(`cannot listen: ${(cause as Error).message}`, { cause })
         }),
-        (running) =>
-          Effect.promise(async () => {
-            metrics.setReady(false)
-            const deadlineMs = running.current().config.drainTimeoutMs
-            log("info", "draining", { deadlineMs, activeConnections: countActive(running) })
-            const closed = await running.drain(deadlineMs)
-            log("info", "stopped", { closedAtDeadline: closed })
-          })
+        (running) => Effect.promise(() => drainOnce(running))
       )
 
       const lastReload: { result: "ok" | "failed"; at: string; problems: ReadonlyArray<string> } = {
@@ -85,15 +91,25 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
         at: new Date().toISOString(),
         problems: []
       }
+      // A trigger that arrives while a reload is in flight is not dropped: the files may have
+      // changed again after that reload read them, so one more reload runs when it ends.
       let reloading = false
+      let pending: string | undefined
       const reload = (trigger: string) => {
-        if (reloading) return
+        if (draining !== undefined) return
+        if (reloading) {
+          pending = trigger
+          return
+        }
         reloading = true
         const next = ProxyRuntime.activate(options.configPath)
         const done = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
           metrics.configReload(result)
           Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
           reloading = false
+          const again = pending
+          pending = undefined
+          if (again !== undefined) reload(again)
         }
         if (Result.isFailure(next)) {
           const problems = next.failure.problems.filter((p) => p.severity === "error").map(ConfigFile.formatProblem)
@@ -151,11 +167,12 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
         const context = yield* Layer.build(
           StatusServer.layer(admin.listen, {
             metrics,
-            ready: () => proxy.status().ready,
+            ready: () => draining === undefined && proxy.status().ready,
             status: () => {
               const a = proxy.current()
               return {
-                ready: proxy.status().ready,
+                ready: draining === undefined && proxy.status().ready,
+                draining: draining !== undefined,
                 configFile: a.config.file,
                 listeners: proxy.status().listeners,
                 tls: [...a.materials.values()].map((m) => ({
@@ -173,6 +190,8 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
         ).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
         const address = Context.get(context, HttpServer.HttpServer).address
         adminAddress = address._tag === "UnixPathAddress" ? undefined : NetAddress.formatUrlUnsafe(address, "http")
+        // Runs before the admin endpoint closes (see `drainOnce`).
+        yield* Effect.addFinalizer(() => Effect.promise(() => drainOnce(proxy)))
       }
       metrics.setReady(true)
       const ready: ReadyInfo = {
