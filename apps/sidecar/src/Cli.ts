@@ -1,11 +1,11 @@
 /**
- * The `sleeve` command line: the command tree (`check`, `dn`, `run`, `demo`), global flags, and how
- * help, usage errors and failures reach the operator.
+ * The `sleeve` command line: the command tree (`check`, `explain`, `dn`, `certs`, `run`, `demo`),
+ * global flags, and how help, usage errors and failures reach the operator.
  *
  * Output rules, in one place: help goes to stdout; a usage error (unknown flag, missing value)
  * is one line on stderr naming the command whose `--help` explains it; a failure is one line on
  * stderr, `sleeve: <message>`, and exit code 1 — never a stack trace unless `--verbose` (or
- * `SLEEVE_VERBOSE=1`) asks for the full cause. Commands that print their own verdict (`check`)
+ * `SLEEVE_VERBOSE=1`) asks for the full cause. Commands that print their own verdict (`check`, `explain`)
  * mark their failure as reported, so nothing is added after it. SIGINT/SIGTERM interrupt the
  * command: `run` and `demo` then drain and exit 0 (stopping is their normal end, and a
  * supervisor must not see a failure); any other command exits 130.
@@ -16,9 +16,11 @@ import { Cause, Console, Data, Effect, Runtime, Stdio } from "effect"
 import { CliError, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
 import { TerminalCapabilities } from "effect/cli/TerminalCapabilities"
 import packageJson from "../package.json" with { type: "json" }
+import * as Certs from "./commands/Certs.ts"
 import * as Check from "./commands/Check.ts"
 import * as Demo from "./commands/Demo.ts"
 import * as Dn from "./commands/Dn.ts"
+import * as Explain from "./commands/Explain.ts"
 import * as Run from "./commands/Run.ts"
 
 /** The version printed by `sleeve --version` (from apps/sidecar/package.json, inlined in the bundle). */
@@ -42,11 +44,16 @@ export const command = Command.make("sleeve").pipe(
     "Sleeve: a TLS sidecar with named TLS configurations — terminate or originate TLS, STARTTLS, " +
       "mirror-style mutual TLS with DN authorization, Prometheus metrics."
   ),
-  Command.withSubcommands([Check.command, Dn.command, Run.command, Demo.command]),
+  Command.withSubcommands([Check.command, Explain.command, Dn.command, Certs.command, Run.command, Demo.command]),
   Command.withGlobalFlags([Verbose]),
   Command.withExamples([
     { command: "sleeve check --config sleeve.yaml", description: "validate a configuration" },
     { command: "sleeve dn node1.crt", description: "the DN to put in authorizedPeers" },
+    {
+      command: "sleeve explain -c sleeve.yaml --tls-config MirrorServer --peer-cert node2.crt",
+      description: "would this peer be accepted, and if not, why"
+    },
+    { command: "sleeve certs --out ./dev-pki", description: "a development PKI and a mirror-pair configuration" },
     { command: "sleeve run --config sleeve.yaml", description: "run the sidecar" }
   ])
 )
