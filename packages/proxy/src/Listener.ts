@@ -103,6 +103,29 @@ const connectTarget = (
     })
   })
 
+/** How long a connection turned away cleanly is given to close from its side before it is destroyed. */
+const lingerMs = 1000
+
+/**
+ * Ends our side (on TLS: close_notify, then FIN) and discards whatever the peer still sends:
+ * destroying a socket with unread bytes makes the kernel answer with a reset, and the peer would
+ * lose even the close_notify. Resolves once the peer has closed too, or after `lingerMs`
+ * (the caller then destroys the socket).
+ */
+const closeGently = (socket: Net.Socket): Promise<void> =>
+  new Promise((resolve) => {
+    if (socket.destroyed) return resolve()
+    const done = () => {
+      clearTimeout(timer)
+      resolve()
+    }
+    const timer = setTimeout(done, lingerMs)
+    socket.once("close", done)
+    socket.on("error", () => {})
+    socket.on("data", () => {})
+    socket.end()
+  })
+
 /** A listener accepting connections. */
 export class RunningListener {
   readonly name: string
@@ -325,7 +348,7 @@ export class RunningListener {
     const target = await this.#dial(live, current)
     if (target === undefined) {
       // Close the client side cleanly: close_notify, then FIN.
-      tls.end()
+      await closeGently(tls)
       return { reason: "target_failed", bytes: undefined }
     }
     return this.#relay(live, tls, target, current, undefined, "target")
@@ -334,7 +357,11 @@ export class RunningListener {
   async #originate(live: Live, current: Current): Promise<Outcome> {
     const l = current.listener
     const up = await this.#dial(live, current)
-    if (up === undefined) return { reason: "target_failed", bytes: undefined }
+    if (up === undefined) {
+      // The application gets a FIN, not a reset, even if it already sent bytes.
+      await closeGently(live.raw)
+      return { reason: "target_failed", bytes: undefined }
+    }
     const secured = await TlsSession.connectClient(up, current.material, clientOptions(l), this.#ctx(live))
     if (Result.isFailure(secured)) return { reason: secured.failure.reason, bytes: undefined }
     live.sockets.add(secured.success.socket)

@@ -224,15 +224,21 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
     accept: (raw, ctx) =>
       new Promise((resolve) => {
         pending.set(raw, { resolve, ctx, startedAt: performance.now() })
-        // A raw socket that dies before OpenSSL says anything (a port scanner, a reset).
-        raw.once("close", () => {
-          const p = pending.get(raw)
-          if (p === undefined) return
-          pending.delete(raw)
-          resolve(
-            Result.fail(failed("server", material, ctx, "other", new Error("connection closed during handshake")))
-          )
-        })
+        // A raw socket that dies before OpenSSL says anything (a port scanner, a reset). Deferred
+        // one turn: when Node itself rejects a peer whose chain did not verify (`rejectUnauthorized`),
+        // it destroys the TLS socket, the raw socket closes first, and the TLS socket's
+        // `tlsClientError` (which carries the verify code: expired, unknown CA, ...) follows; that
+        // verdict must win over this generic one.
+        raw.once("close", () =>
+          setImmediate(() => {
+            const p = pending.get(raw)
+            if (p === undefined) return
+            pending.delete(raw)
+            resolve(
+              Result.fail(failed("server", material, ctx, "other", new Error("connection closed during handshake")))
+            )
+          })
+        )
         engine.emit("connection", raw)
       })
   }
