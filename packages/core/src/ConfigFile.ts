@@ -34,7 +34,7 @@ const PasswordSourceSchema = Schema.Union([
 const TlsConfigSchema = Schema.Struct({
   description: Schema.optionalKey(Schema.String),
   enabled: Schema.optionalKey(Schema.Boolean),
-  type: Schema.Literals(["client", "server"]),
+  type: Schema.Literals(["client", "server", "mirror"]),
   caFile: Schema.optionalKey(Schema.NonEmptyString),
   certificateFile: Schema.optionalKey(Schema.NonEmptyString),
   privateKeyFile: Schema.optionalKey(Schema.NonEmptyString),
@@ -110,7 +110,12 @@ export interface TlsConfig {
   readonly name: string
   readonly description: string
   readonly enabled: boolean
-  readonly type: "client" | "server"
+  /**
+   * `server` or `client`, as in IRIS; `mirror` is one entry for both roles with one certificate
+   * and key (IRIS's %MirrorServer + %MirrorClient pair): mutual verification and the dual-use
+   * rule are on by default.
+   */
+  readonly type: "client" | "server" | "mirror"
   readonly caFile: string | undefined
   readonly certificateFile: string | undefined
   readonly privateKeyFile: string | undefined
@@ -444,12 +449,19 @@ const decodeTlsConfig = (
   if (minVersion === "TLSv1.3" && maxVersion === "TLSv1.2") {
     error("protocols", `min (${minVersion}) is above max (${maxVersion})`)
   }
-  // Secure default: a client verifies the server it talks to; a server asks for nothing unless told.
-  const verifyPeer: VerifyPeer = cfg.verifyPeer ?? (cfg.type === "client" ? "require" : "none")
-  if (cfg.type === "server" && (cfg.certificateFile === undefined || cfg.privateKeyFile === undefined)) {
+  // Secure default: a client verifies the server it talks to; a server asks for nothing unless
+  // told; a mirror pair authenticates both ways (seed "TLS with Mirroring").
+  const verifyPeer: VerifyPeer = cfg.verifyPeer ?? (cfg.type === "server" ? "none" : "require")
+  if (cfg.type === "mirror" && verifyPeer !== "require") {
+    error(
+      "verifyPeer",
+      `a mirror configuration authenticates its peer both ways: expected "require", got "${verifyPeer}"`
+    )
+  }
+  if (cfg.type !== "client" && (cfg.certificateFile === undefined || cfg.privateKeyFile === undefined)) {
     error(
       cfg.certificateFile === undefined ? "certificateFile" : "privateKeyFile",
-      "a server configuration needs certificateFile and privateKeyFile"
+      `a ${cfg.type} configuration needs certificateFile and privateKeyFile`
     )
   } else if ((cfg.certificateFile === undefined) !== (cfg.privateKeyFile === undefined)) {
     error(
@@ -510,7 +522,7 @@ const decodeTlsConfig = (
     verifyDepth,
     crlFile: resolve(cfg.crlFile),
     authorizedPeers,
-    requireDualUse: cfg.requireDualUse ?? false
+    requireDualUse: cfg.requireDualUse ?? cfg.type === "mirror"
   }
 }
 
@@ -553,7 +565,7 @@ const decodeListener = (
     }
   } else if (!cfg.enabled) {
     err("tls", `TLS configuration "${l.tls}" is disabled (enabled: false)`)
-  } else if (cfg.type !== wanted) {
+  } else if (cfg.type !== wanted && cfg.type !== "mirror") {
     err(
       "tls",
       `TLS configuration "${l.tls}" is of type ${cfg.type}, but a ${l.mode}${l.mode === "starttls" ? ` side: ${wanted}` : ""} listener needs type ${wanted}`

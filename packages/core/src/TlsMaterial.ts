@@ -232,8 +232,11 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
           const d = Certificate.checkDualUse(leaf)
           if (Result.isFailure(d)) error("certificateFile", d.failure.message)
         } else {
-          const r = Certificate.checkRoleUsage(leaf, config.type)
-          if (Result.isFailure(r)) error("certificateFile", r.failure.message)
+          // A mirror entry serves both roles, so its certificate must allow both.
+          for (const role of config.type === "mirror" ? (["server", "client"] as const) : [config.type]) {
+            const r = Certificate.checkRoleUsage(leaf, role)
+            if (Result.isFailure(r)) error("certificateFile", r.failure.message)
+          }
         }
         if (ca.length > 0 && !chainsTo(chain, ca)) {
           warning(

@@ -341,7 +341,7 @@ tls:
 `)
     ).toEqual([
       'sleeve.yaml: tls.MyCfg.enabled: expected boolean, got "no"',
-      'sleeve.yaml: tls.MyCfg.type: expected "client" | "server", got "serve"',
+      'sleeve.yaml: tls.MyCfg.type: expected "client" | "server" | "mirror", got "serve"',
       'sleeve.yaml: tls.MyCfg.verifyDepth: expected number, got "3"',
       'sleeve.yaml: tls.MyCfg.authorizedPeers: expected array, got "CN=node2"',
       'sleeve.yaml: tls.MyCfg.requireDualUse: expected boolean, got "yes"',
@@ -906,5 +906,46 @@ describe("ConfigFile: addresses and durations", () => {
         severity: "warning"
       })
     ).toBe("s.yaml: tls.A.certificateFile: warning: expires soon")
+  })
+})
+
+describe("type: mirror (one entry for %MirrorServer and %MirrorClient)", () => {
+  const mirror = `
+tls:
+  Mirror:
+    type: mirror
+    caFile: ca.pem
+    certificateFile: node.crt
+    privateKeyFile: node.key
+    authorizedPeers: ["CN=node2,O=Example"]
+listeners:
+  - { name: in, mode: terminate, listen: "127.0.0.1:2188", target: "127.0.0.1:2189", tls: Mirror }
+  - { name: out, mode: originate, listen: "127.0.0.1:2190", target: "node2.example:2188", tls: Mirror }
+`
+  it("is referenced by a terminate and an originate listener, with mutual verification and dual use on", () => {
+    const c = decoded(mirror)
+    const m = tlsOf(c, "Mirror")
+    expect(m.type).toBe("mirror")
+    expect(m.verifyPeer).toBe("require")
+    expect(m.requireDualUse).toBe(true)
+    expect(c.listeners.map((l) => [l.name, l.tls, ConfigFile.tlsRole(l)])).toEqual([
+      ["in", "Mirror", "server"],
+      ["out", "Mirror", "client"]
+    ])
+  })
+
+  it("refuses to verify less than require, and needs a certificate and key", () => {
+    expect(
+      problems(`
+tls:
+  Mirror:
+    type: mirror
+    caFile: ca.pem
+    verifyPeer: request
+`)
+    ).toEqual([
+      'sleeve.yaml: tls.Mirror.verifyPeer: a mirror configuration authenticates its peer both ways: expected "require", got "request"',
+      "sleeve.yaml: tls.Mirror.certificateFile: a mirror configuration needs certificateFile and privateKeyFile"
+    ])
   })
 })

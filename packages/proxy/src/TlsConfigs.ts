@@ -132,7 +132,7 @@ export const makeFromFile = (
         return Effect.fail(new TlsConfigError({ name, message: `no TLS configuration named "${name}"` }))
       if (!cfg.enabled)
         return Effect.fail(new TlsConfigError({ name, message: `TLS configuration "${name}" is disabled` }))
-      if (cfg.type !== type) {
+      if (cfg.type !== type && cfg.type !== "mirror") {
         return Effect.fail(
           new TlsConfigError({ name, message: `TLS configuration "${name}" is of type ${cfg.type}, not ${type}` })
         )

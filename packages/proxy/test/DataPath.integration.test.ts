@@ -183,33 +183,33 @@ describe("originate", () => {
 })
 
 describe("mirror pair", () => {
-  it("chains app → originate → mutual TLS → terminate → app with one dual-use certificate on both ends", async () => {
+  it("one `type: mirror` entry serves a terminate and an originate listener (%MirrorServer + %MirrorClient)", async () => {
     const c = fresh()
     const node = await pki.pki.leaf(pki.ca, {
       name: "mirror-node",
       subject: [{ CN: "mirror-node" }, { O: "Sleeve Test" }]
     })
+    // verifyPeer: require and requireDualUse: true are a mirror entry's defaults.
     const mirror = {
+      type: "mirror",
       certificateFile: node.certFile,
       privateKeyFile: node.keyFile,
       caFile: pki.ca.certFile,
-      verifyPeer: "require" as const,
-      authorizedPeers: [node.subject],
-      requireDualUse: true
+      authorizedPeers: [node.subject]
     }
     const app = await startTarget(c)
     const inPort = await freePort()
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("mirror.json"), {
-        tls: { "mirror-server": { type: "server", ...mirror }, "mirror-client": { type: "client", ...mirror } },
+        tls: { Mirror: mirror },
         listeners: [
           {
             name: "mirror-in",
             mode: "terminate",
             listen: `127.0.0.1:${inPort}`,
             target: `127.0.0.1:${app.port}`,
-            tls: "mirror-server"
+            tls: "Mirror"
           },
           {
             name: "mirror-out",
@@ -217,7 +217,7 @@ describe("mirror pair", () => {
             listen: "127.0.0.1:0",
             target: `127.0.0.1:${inPort}`,
             serverName: "localhost",
-            tls: "mirror-client"
+            tls: "Mirror"
           }
         ]
       })

@@ -143,7 +143,7 @@ describe("sleeve check (broken configurations)", { timeout: 30_000 }, () => {
     ])
     expect(lines(schema.stdout)).toEqual([
       'schema.yaml: tls.Typo.verifyDepht: unknown key "verifyDepht"',
-      'schema.yaml: tls.Typo.type: expected "client" | "server", got "servr"',
+      'schema.yaml: tls.Typo.type: expected "client" | "server" | "mirror", got "servr"',
       'schema.yaml: tls.Legacy.protocols.min: expected "TLSv1.2" | "TLSv1.3", got "TLSv1": TLS 1.0/1.1 (and SSL) are refused — they are deprecated by RFC 8996 and lack modern AEAD ciphers; upgrade the peer to TLS 1.2 or later',
       "schema.yaml: 3 errors"
     ])

@@ -135,7 +135,7 @@ export const freePort = (host = "127.0.0.1"): Promise<number> =>
 
 /** A TLS configuration entry as written in the file. */
 export interface TlsEntry {
-  readonly type: "client" | "server"
+  readonly type: "client" | "server" | "mirror"
   readonly caFile?: string
   readonly certificateFile?: string
   readonly privateKeyFile?: string
