@@ -15,7 +15,7 @@
  * Connections are plain Node callbacks and Promises on purpose (see `Pipe`); the listener's own
  * lifecycle is wrapped in Effect by `Proxy`.
  */
-import type { ConfigFile, TlsMaterial } from "@sleeve/core"
+import { ConfigFile, type TlsMaterial } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
 import { Result } from "effect"
 import * as Net from "node:net"
@@ -65,17 +65,12 @@ interface Current extends Activation {
 const activate = (a: Activation): Current => ({
   ...a,
   engine:
-    ConfigFile_tlsRole(a.listener) === "server"
+    ConfigFile.tlsRole(a.listener) === "server"
       ? TlsSession.makeServerEngine(a.material, a.listener.handshakeTimeoutMs)
       : undefined
 })
 
-// Local copy of ConfigFile.tlsRole, to keep @sleeve/core a type-only import here.
-const ConfigFile_tlsRole = (l: ConfigFile.Listener): "server" | "client" =>
-  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.starttls?.side ?? "server")
-
-const formatAddress = (a: ConfigFile.Address): string =>
-  a._tag === "Unix" ? `unix:${a.path}` : a.host.includes(":") ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`
+const formatAddress = ConfigFile.formatAddress
 
 /** Dials the target; failures are a reason for `sleeve_connections_refused_total`. */
 const connectTarget = (
@@ -147,7 +142,7 @@ export class RunningListener {
   /** Binds the listen address and starts accepting. */
   static start(activation: Activation, deps: Dependencies): Promise<RunningListener> {
     const l = new RunningListener(activation, deps)
-    const roles: ReadonlyArray<Metrics.Role> = [ConfigFile_tlsRole(activation.listener)]
+    const roles: ReadonlyArray<Metrics.Role> = [ConfigFile.tlsRole(activation.listener)]
     deps.metrics.registerListener(
       l.name,
       roles,
@@ -255,6 +250,11 @@ export class RunningListener {
     // Refusals: counted with a reason, logged once, and nothing else is affected.
     if (this.#stopping) {
       m.connectionRefused(this.name, "draining")
+      this.#deps.log("info", "connection_refused", {
+        listener: this.name,
+        reason: "draining",
+        remote: `${raw.remoteAddress}:${raw.remotePort}`
+      })
       raw.destroy()
       return
     }
@@ -370,7 +370,10 @@ export class RunningListener {
 
   async #starttlsServer(live: Live, current: Current): Promise<Outcome> {
     const app = await this.#dial(live, current)
-    if (app === undefined) return { reason: "target_failed", bytes: undefined }
+    if (app === undefined) {
+      await closeGently(live.raw)
+      return { reason: "target_failed", bytes: undefined }
+    }
     const ctx = this.#ctx(live)
     return this.#starttls(live, current, app, "server", (raw) =>
       current.engine!.accept(raw, ctx).then((r) => (Result.isSuccess(r) ? r.success.socket : Promise.reject(r.failure)))
@@ -379,7 +382,10 @@ export class RunningListener {
 
   async #starttlsClient(live: Live, current: Current): Promise<Outcome> {
     const peer = await this.#dial(live, current)
-    if (peer === undefined) return { reason: "target_failed", bytes: undefined }
+    if (peer === undefined) {
+      await closeGently(live.raw)
+      return { reason: "target_failed", bytes: undefined }
+    }
     const ctx = this.#ctx(live)
     const opts = clientOptions(current.listener)
     return this.#starttls(live, current, peer, "client", (raw) =>

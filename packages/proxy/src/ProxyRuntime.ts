@@ -155,19 +155,36 @@ export const start = async (
     current: () => current,
     reload: async (next) => {
       const keep = new Map(next.config.listeners.map((l) => [l.name, l]))
-      // Removed listeners, or ones whose address or mode changed: drain them (in the background).
-      for (const [name, running] of listeners) {
+      // Listeners removed, or whose address or mode changed: they drain once the rest succeeded.
+      const replaced = [...listeners].filter(([name, running]) => {
         const l = keep.get(name)
-        if (l === undefined || listenKey(l) !== listenKey(running.activation.listener)) {
-          listeners.delete(name)
-          void running.drain(next.config.drainTimeoutMs)
+        return l === undefined || listenKey(l) !== listenKey(running.activation.listener)
+      })
+      const replacedNames = new Set(replaced.map(([name]) => name))
+      // New listeners start first: if one cannot bind, those started here are closed and the
+      // reload fails with nothing changed (a new listener cannot take over the address of one
+      // it replaces in the same reload; do that in two steps).
+      const started: Array<Listener.RunningListener> = []
+      try {
+        for (const l of next.config.listeners) {
+          if (listeners.has(l.name) && !replacedNames.has(l.name)) continue
+          started.push(
+            await Listener.RunningListener.start({ listener: l, material: next.materials.get(l.tls)! }, deps)
+          )
         }
+      } catch (e) {
+        await Promise.all(started.map((l) => l.drain(0)))
+        throw e
+      }
+      for (const [name, running] of replaced) {
+        listeners.delete(name)
+        void running.drain(next.config.drainTimeoutMs)
       }
       for (const l of next.config.listeners) {
         const running = listeners.get(l.name)
         if (running !== undefined) running.update({ listener: l, material: next.materials.get(l.tls)! })
-        else await startOne(l, next)
       }
+      for (const l of started) listeners.set(l.name, l)
       current = next
     },
     drain: async (deadlineMs) => {
