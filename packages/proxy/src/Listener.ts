@@ -464,13 +464,18 @@ export class RunningListener {
       if (result !== undefined) m.starttlsUpgrade(this.name, st.protocol, result)
       if (refusal !== undefined) m.connectionRefused(this.name, refusal)
       if (!(e instanceof StarttlsSession.StarttlsSessionError && e.cause instanceof TlsSession.TlsSessionError)) {
-        this.#deps.log("warn", "starttls_failed", {
-          listener: this.name,
-          conn: live.id,
-          protocol: st.protocol,
-          reason,
-          error: e instanceof Error ? e.message : String(e)
-        })
+        // A session that simply ended without asking for TLS (requireTls: false) is no failure.
+        this.#deps.log(
+          result === undefined ? "info" : "warn",
+          result === undefined ? "starttls_not_requested" : "starttls_failed",
+          {
+            listener: this.name,
+            conn: live.id,
+            protocol: st.protocol,
+            reason,
+            error: e instanceof Error ? e.message : String(e)
+          }
+        )
       }
       return { reason: `starttls_${reason}`, bytes: undefined }
     }

@@ -191,7 +191,7 @@ describe("mirror pair", () => {
     })
     // verifyPeer: require and requireDualUse: true are a mirror entry's defaults.
     const mirror = {
-      type: "mirror",
+      type: "mirror" as const,
       certificateFile: node.certFile,
       privateKeyFile: node.keyFile,
       caFile: pki.ca.certFile,
