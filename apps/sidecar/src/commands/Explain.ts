@@ -80,8 +80,11 @@ export interface DnDifference {
 export interface Explanation {
   readonly file: string
   readonly tlsConfig: string
-  /** The TLS role of the peer: the opposite of the configuration's `type`. */
-  readonly peerRole: "client" | "server"
+  /**
+   * The TLS role of the peer: the opposite of the configuration's `type`; `either` for a
+   * configuration used in both roles (a mirror configuration), whose peer is checked for both.
+   */
+  readonly peerRole: "client" | "server" | "either"
   readonly decision: "allow" | "deny"
   readonly peer: {
     readonly subject: string
@@ -312,7 +315,11 @@ export const makeExplanation = (input: ExplainInput): Explanation => {
   const { tlsConfig: cfg } = input
   const leaf = input.peer[0] as Certificate.Certificate
   const presented = [...input.peer.slice(1), ...input.chain]
-  const peerRole = cfg.type === "server" ? "client" : "server"
+  // Compared as a string: besides "server" and "client", the core may define a configuration
+  // used in both roles ("mirror"), whose peer connects to us and is connected to by us.
+  const type: string = cfg.type
+  const peerRole = type === "server" ? "client" : type === "client" ? "server" : "either"
+  const peerRoles: ReadonlyArray<"client" | "server"> = peerRole === "either" ? ["client", "server"] : [peerRole]
   const checks: Array<CheckResult> = []
   const notes: Array<string> = []
   const add = (check: CheckName, status: CheckStatus, detail: string, code?: string) =>
@@ -382,8 +389,9 @@ export const makeExplanation = (input: ExplainInput): Explanation => {
         `at most ${cfg.verifyDepth} allowed`
     )
 
-    // usage: OpenSSL's purpose check for the peer's role; the mirror rule on top with requireDualUse
-    const role = Certificate.checkRoleUsage(leaf, peerRole)
+    // usage: OpenSSL's purpose check for the peer's role(s); the mirror rule on top with requireDualUse
+    const role =
+      peerRoles.map((r) => Certificate.checkRoleUsage(leaf, r)).find(Result.isFailure) ?? Result.succeed(leaf)
     const dual = cfg.requireDualUse ? Certificate.checkDualUse(leaf) : undefined
     if (dual !== undefined && Result.isFailure(dual)) {
       add(
@@ -398,7 +406,7 @@ export const makeExplanation = (input: ExplainInput): Explanation => {
       add(
         "usage",
         "pass",
-        `${cfg.requireDualUse ? "dual use (requireDualUse)" : `usable as a TLS ${peerRole}`}: ${usageText(leaf)}`
+        `${cfg.requireDualUse ? "dual use (requireDualUse)" : `usable as a TLS ${peerRoles.join(" and ")}`}: ${usageText(leaf)}`
       )
     }
 
@@ -446,8 +454,8 @@ export const makeExplanation = (input: ExplainInput): Explanation => {
       notes.push(`crlFile is configured: revocation is checked during a handshake, not here`)
   }
 
-  // serverName: Node's hostname check on a server certificate (client configurations)
-  if (cfg.type === "client") {
+  // serverName: Node's hostname check on a server certificate (configurations that connect out)
+  if (peerRoles.includes("server")) {
     if (input.serverName === undefined) {
       add("serverName", "skip", "pass --server-name NAME to check the name a listener would verify")
     } else {
@@ -512,7 +520,8 @@ const statusWord: Record<CheckStatus, string> = { pass: "ok  ", fail: "FAIL", sk
 export const formatText = (e: Explanation): ReadonlyArray<string> => {
   const width = Math.max(...e.checks.map((c) => c.check.length))
   const out = [
-    `${e.decision}: peer "${e.peer.subject}" as a TLS ${e.peerRole} of TLS configuration "${e.tlsConfig}" (${e.file})`
+    `${e.decision}: peer "${e.peer.subject}" as a TLS ${e.peerRole === "either" ? "client or server" : e.peerRole} ` +
+      `of TLS configuration "${e.tlsConfig}" (${e.file})`
   ]
   for (const c of e.checks) {
     out.push(
