@@ -117,10 +117,12 @@ const startSmtpApp = (onMessage: (from: string, bytes: number) => void): Promise
 /** Runs the demo until interrupted. */
 export const run = (options: { readonly dir?: string | undefined }): Effect.Effect<void, Error> =>
   Effect.gen(function* () {
-    if (options.dir !== undefined) Fs.mkdirSync(options.dir, { recursive: true, mode: 0o700 })
+    // Absolute: TestPki joins its folder with paths that already contain a relative one.
+    const dir = options.dir === undefined ? undefined : Path.resolve(options.dir)
+    if (dir !== undefined) Fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const pki = yield* Effect.acquireRelease(
-      Effect.promise(() => TestPki.make(options.dir === undefined ? {} : { dir: options.dir })),
-      (p) => Effect.promise(() => (options.dir === undefined ? p.cleanup() : Promise.resolve()))
+      Effect.promise(() => TestPki.make(dir === undefined ? {} : { dir })),
+      (p) => Effect.promise(() => (dir === undefined ? p.cleanup() : Promise.resolve()))
     )
     const ca = yield* Effect.promise(() => pki.ca({ subject: [{ CN: "Sleeve Demo CA" }, { O: "Sleeve Demo" }] }))
     const leaf = (name: string) =>

@@ -186,7 +186,8 @@ export const write = (options: Options) =>
     const keyPassword = password === undefined ? {} : { keyPassword: Redacted.value(password) }
     const made = yield* Effect.tryPromise({
       try: async () => {
-        const pki = await TestPki.make({ dir: options.out })
+        // Absolute: TestPki joins its folder with paths that already contain a relative one.
+        const pki = await TestPki.make({ dir: Path.resolve(options.out) })
         const ca = await pki.ca({
           name: "ca",
           subject: [{ CN: "Sleeve Development CA" }, { O: options.org }],

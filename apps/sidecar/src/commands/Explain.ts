@@ -15,11 +15,12 @@
  * - `validity`: the peer certificate at the current time (`CERT_HAS_EXPIRED`, `CERT_NOT_YET_VALID`);
  * - `verifyDepth`: intermediate CAs between the peer and the trust anchor;
  * - `usage`: with `requireDualUse` the seed's mirror rule (Key Usage digitalSignature +
- *   keyEncipherment, Extended Key Usage serverAuth + clientAuth), otherwise the peer's one role
- *   as OpenSSL's purpose check sees it (`INVALID_PURPOSE`);
+ *   keyEncipherment, Extended Key Usage serverAuth + clientAuth), otherwise the peer's role as
+ *   OpenSSL's purpose check sees it (`INVALID_PURPOSE`; both roles for a `mirror` configuration);
  * - `authorizedPeers`: structured DN equality (`PeerPolicy.authorize`, given the verdict of the
  *   checks above); on a miss, the nearest authorized DN and an RDN-by-RDN difference;
- * - `serverName` (client configurations, with `--server-name`): the hostname check Node makes.
+ * - `serverName` (configurations that connect out — `client`, `mirror` — with `--server-name`):
+ *   the hostname check Node makes.
  *
  * The verdict agrees with `PeerPolicy.authorize` (the function the listeners call) and names the
  * metric reason Sleeve would count. Exit code 0 on allow, 1 on deny; `--json` for machines.
@@ -612,7 +613,7 @@ export const flags = {
   ),
   serverName: Flag.String("server-name").pipe(
     Flag.withMetavar("NAME"),
-    Flag.withDescription("client configurations: also check that the certificate names this host or IP"),
+    Flag.withDescription("client and mirror configurations: also check that the certificate names this host or IP"),
     Flag.optional
   ),
   json: Flag.Boolean("json").pipe(
@@ -707,7 +708,7 @@ export const command = Command.make("explain", flags, handler).pipe(
     "Run the full peer authorization of a TLS configuration offline on a certificate file: the chain to " +
       "caFile (OpenSSL through Node), validity, verifyDepth, Key Usage / Extended Key Usage (dual use with " +
       "requireDualUse), authorizedPeers (with the nearest authorized DN and an RDN-by-RDN difference on a miss) " +
-      "and, for client configurations, the server name. Lists every failure, not only the first. " +
+      "and, for configurations that connect out, the server name. Lists every failure, not only the first. " +
       "Exits 0 on allow, 1 on deny."
   ),
   Command.withExamples([

@@ -96,15 +96,17 @@ describe("sleeve certs", { timeout: 40_000 }, () => {
   })
 
   it("refuses to overwrite without --force; --force with encrypted keys and other names replaces the PKI", async () => {
-    const out = join(root, "again")
-    const first = await sleeve(["certs", "--out", out])
+    // A relative --out, resolved from the working directory (as `sleeve certs --out dev-pki` is used)
+    const rel = "again/pki"
+    const out = join(root, rel)
+    const first = await sleeve(["certs", "--out", rel], { cwd: root })
     expect(first.code).toBe(0)
     const before = await readFile(join(out, "node1.crt"), "utf8")
 
-    const refused = await sleeve(["certs", "--out", out])
+    const refused = await sleeve(["certs", "--out", rel], { cwd: root })
     expect(refused.stdout).toBe("")
     expect(refused.stderr).toBe(
-      `sleeve: ${out}: would overwrite ca-bundle.pem, ca.crt, ca.key, node1.crt, node1.key, node2.crt, node2.key, sleeve.yaml (use --force to replace them)\n`
+      `sleeve: ${rel}: would overwrite ca-bundle.pem, ca.crt, ca.key, node1.crt, node1.key, node2.crt, node2.key, sleeve.yaml (use --force to replace them)\n`
     )
     expect(refused.code).toBe(1)
     expect(await readFile(join(out, "node1.crt"), "utf8")).toBe(before)
@@ -114,7 +116,7 @@ describe("sleeve certs", { timeout: 40_000 }, () => {
       [
         "certs",
         "--out",
-        out,
+        rel,
         "--force",
         "--names",
         "iris-a.example.com,iris-b.example.com",
@@ -127,12 +129,12 @@ describe("sleeve certs", { timeout: 40_000 }, () => {
         "--days",
         "30"
       ],
-      { env }
+      { env, cwd: root }
     )
     expect(forced.stderr).toBe("")
     expect(forced.code).toBe(0)
     expect(lines(forced.stdout)[0]).toBe(
-      `sleeve certs: wrote ${out} (RSA keys, encrypted with $CERTS_TEST_PASSWORD, certificates valid 30 days)`
+      `sleeve certs: wrote ${rel} (RSA keys, encrypted with $CERTS_TEST_PASSWORD, certificates valid 30 days)`
     )
     const key = await readFile(join(out, "iris-a.example.com.key"), "utf8")
     expect(key).toMatch(/^-----BEGIN ENCRYPTED PRIVATE KEY-----\n/)

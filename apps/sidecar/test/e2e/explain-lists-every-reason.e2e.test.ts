@@ -3,7 +3,8 @@
  * built in the test: allow (exit 0) and deny (exit 1) with every failed check listed — chain to
  * caFile (with and without the intermediates the peer sends), validity, verifyDepth, dual use /
  * role usage, authorizedPeers with the nearest authorized DN and an RDN-by-RDN difference, the
- * server name of a client configuration, disabled and `verifyPeer: none` configurations — and
+ * server name of a client configuration, a configuration used in both roles (`type: mirror`),
+ * disabled and `verifyPeer: none` configurations — and
  * names the metric reason. The chain verdict is checked against `openssl verify` (same trust
  * file, same intermediates, the purpose OpenSSL applies during the handshake): the first
  * verification error must be the one openssl reports first.
@@ -96,6 +97,12 @@ tls:
     type: server
     certificateFile: node1.crt
     privateKeyFile: node1.key
+  Both:
+    type: mirror
+    caFile: trust.pem
+    certificateFile: node1.crt
+    privateKeyFile: node1.key
+    requireDualUse: false
   Off:
     type: server
     enabled: false
@@ -163,7 +170,9 @@ const runAll = () => {
     explainHere("Open", badPeer),
     explain("Off", "good.crt"),
     explain("Nope", "good.crt"),
-    explain("Mirror", "missing.crt")
+    explain("Mirror", "missing.crt"),
+    explainHere("Both", "client-only.crt"),
+    explainHere("Both", "good.crt", { serverName: "localhost" })
   ] as const)
 }
 let all: ReturnType<typeof runAll>
@@ -194,7 +203,9 @@ describe("sleeve explain", { timeout: 40_000 }, () => {
       open,
       off,
       unknownConfig,
-      missingPeer
+      missingPeer,
+      bothClientOnly,
+      bothGood
     ] = await all
 
     // allow: every check, in order, exit 0
@@ -301,6 +312,15 @@ describe("sleeve explain", { timeout: 40_000 }, () => {
     )
     expect(check(clientOnly.e, "serverName")?.status).toBe("skip")
 
+    // a configuration used in both roles (type: mirror): the peer must be usable as client and server
+    expect(bothClientOnly.e.peerRole).toBe("either")
+    expect(failed(bothClientOnly.e)).toEqual(["usage"])
+    expect(check(bothClientOnly.e, "usage")?.detail).toMatch(/^cannot be used as a TLS server: /)
+    expect(check(bothClientOnly.e, "serverName")?.status).toBe("skip")
+    expect(bothGood.e.decision).toBe("allow")
+    expect(check(bothGood.e, "usage")?.detail).toMatch(/^usable as a TLS client and server: /)
+    expect(check(bothGood.e, "serverName")?.status).toBe("pass")
+
     // verifyPeer none: nothing is checked, so anything is allowed; a disabled configuration denies
     expect(open.code).toBe(0)
     expect(open.e.decision).toBe("allow")
@@ -311,7 +331,7 @@ describe("sleeve explain", { timeout: 40_000 }, () => {
     // explain could not run: one line on stderr, exit 1
     expect(unknownConfig.stdout).toBe("")
     expect(unknownConfig.stderr).toBe(
-      'sleeve: sleeve.yaml: no TLS configuration named "Nope" (known: Mirror, Plain, Client, Open, Off)\n'
+      'sleeve: sleeve.yaml: no TLS configuration named "Nope" (known: Mirror, Plain, Client, Open, Both, Off)\n'
     )
     expect(unknownConfig.code).toBe(1)
     expect(missingPeer.stderr).toBe("sleeve: peer certificate missing.crt: file not found\n")
