@@ -278,6 +278,7 @@ export const flags = {
     Flag.withDefault(90)
   ),
   keyType: Flag.Literals("key-type", ["EC", "RSA", "Ed25519"]).pipe(
+    Flag.withMetavar("TYPE"),
     Flag.withDescription("key algorithm: EC (P-256), RSA (2048 bits) or Ed25519 (default: EC)"),
     Flag.withDefault("EC" as const)
   ),
