@@ -42,7 +42,7 @@ export type TlsStatus = "ok" | "warning" | "error" | "skipped"
 /** One TLS configuration in the report. */
 export interface TlsConfigurationReport {
   readonly name: string
-  readonly type: "client" | "server"
+  readonly type: ConfigFile.TlsConfig["type"]
   readonly enabled: boolean
   readonly status: TlsStatus
   /** Names of the listeners that use it. */
