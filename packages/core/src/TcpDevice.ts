@@ -4,8 +4,8 @@
  *
  * IRIS code opens TLS connections as `OPEN "|TCP|1000":("host":1000:/TLS="cfg")` (client),
  * `OPEN "|TCP|1000":(:1000:/TLS="cfg")` (server: empty host) and upgrades a plain connection
- * with `USE "|TCP|1000":(::/TLS="cfg")`. Sleeve accepts the same text in its configuration so
- * that a device definition can be copied from ObjectScript. This module turns that text into
+ * with `USE "|TCP|1000":(::/TLS="cfg")`. This module lets IRIS users translate such code (and
+ * lets docs/iris-mapping.md be tested): it turns that text into
  * `ClientOpen`, `ServerOpen` or `Upgrade`, keeping the parameters Sleeve does not interpret
  * (mode string, terminators, buffer sizes, `/CRLF`, `/IOTABLE=...`) in order so the printer can
  * reproduce them.

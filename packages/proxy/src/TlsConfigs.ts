@@ -4,7 +4,7 @@
  * | IRIS                                  | here                                        |
  * | ------------------------------------- | ------------------------------------------- |
  * | `OPEN dev:(host:port:/TLS="cfg")`     | `connect("cfg", "host:port")`               |
- * | `OPEN dev:(:port:/TLS="cfg")`         | `listen("cfg", "host:port", onSecured)`     |
+ * | `OPEN dev:(:port:/TLS="cfg")`         | `upgradeServer(socket, "cfg")` on each accepted socket (or a `terminate` listener) |
  * | `USE dev:(::/TLS="cfg")` (server)     | `upgradeServer(socket, "cfg")`              |
  * | `USE dev:(::/TLS="cfg")` (client)     | `upgradeClient(socket, "cfg", { serverName })` |
  * | `/TLS="cfg|password"`                 | `{ password: Redacted.make(pw) }` option   |

@@ -41,7 +41,7 @@ import {
 } from "node:crypto"
 import { mkdtemp, rm, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os"
-import { isAbsolute, join } from "node:path"
+import { isAbsolute, join, resolve } from "node:path"
 import { promisify } from "node:util"
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0])
@@ -208,7 +208,8 @@ const DAY = 24 * HOUR
 /** Create a PKI rooted in a fresh temp directory (or in `options.dir`). */
 export const make = async (options: MakeOptions = {}): Promise<TestPki> => {
   const ownsDir = options.dir === undefined
-  const dir = options.dir ?? (await mkdtemp(join(tmpdir(), "sleeve-pki-")))
+  // Absolute, so paths handed to other processes (and joined again below) stay right.
+  const dir = options.dir === undefined ? await mkdtemp(join(tmpdir(), "sleeve-pki-")) : resolve(options.dir)
   const written = new Set<string>()
   const roots: Array<string> = []
   const used = new Set<string>()
