@@ -135,7 +135,9 @@ admin:
   listen: "127.0.0.1:0"
 `
   )
-  const sleeve = start([Path.join(root, "apps/sidecar/src/main.ts"), "run", "--config", configPath])
+  // SLEEVE_NODE_OPTIONS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the proxy.
+  const sleeveNodeArgs = (process.env.SLEEVE_NODE_OPTIONS ?? "").split(" ").filter((a) => a !== "")
+  const sleeve = start([...sleeveNodeArgs, Path.join(root, "apps/sidecar/src/main.ts"), "run", "--config", configPath])
 
   const basePort = await freePort()
   const baseScript = Path.join(pki.dir, "baseline.mjs")
@@ -204,6 +206,9 @@ tls.createServer({ cert: fs.readFileSync(${JSON.stringify(server.certFile)}), ke
   )
   for (const s of held) s.destroy()
 } finally {
+  // SIGTERM first so a profiled proxy can write its profile while draining.
+  for (const c of children) c.kill("SIGTERM")
+  await new Promise((r) => setTimeout(r, 1500))
   for (const c of children) c.kill("SIGKILL")
   await pki.cleanup()
 }
