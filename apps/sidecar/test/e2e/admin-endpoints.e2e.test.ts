@@ -10,14 +10,17 @@
  * file watcher) must move exactly the series they should, by exactly one, and nothing else.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Exposition from "@sleeve/testing/Exposition"
+import { listen } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
+import { settle, sleep, waitUntil } from "@sleeve/testing/Wait"
 import { X509Certificate } from "node:crypto"
 import { readFile, rename, writeFile } from "node:fs/promises"
 import * as Net from "node:net"
 import { join } from "node:path"
 import * as Tls from "node:tls"
 import { request } from "undici"
-import { diffExposition, parseExposition, type SleeveDaemon, startSleeve, waitUntil } from "../support/Prometheus.ts"
+import { type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
 import { run } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
@@ -48,7 +51,7 @@ const get = async (path: string) => {
 const scrape = async (): Promise<ReadonlyMap<string, number>> => {
   const r = await get("/metrics")
   expect(r.status).toBe(200)
-  return parseExposition(r.body)
+  return Exposition.parse(r.body)
 }
 
 /**
@@ -57,18 +60,14 @@ const scrape = async (): Promise<ReadonlyMap<string, number>> => {
  * else came in: an extra count fails the test.
  */
 const expectMoved = async (before: ReadonlyMap<string, number>, expected: Record<string, number>) => {
-  let last: Record<string, number> = {}
-  await waitUntil(
-    "the counters to move",
-    async () => {
-      last = diffExposition(before, await scrape(), counters)
-      return JSON.stringify(sorted(last)) === JSON.stringify(sorted(expected)) ? true : undefined
-    },
-    { timeoutMs: 8000, everyMs: 100, detail: () => `expected ${JSON.stringify(expected)}, got ${JSON.stringify(last)}` }
-  ).catch(() => undefined)
+  const last = await settle(
+    async () => Exposition.diff(before, await scrape(), counters),
+    (moved) => JSON.stringify(sorted(moved)) === JSON.stringify(sorted(expected)),
+    { timeoutMs: 8000, everyMs: 100 }
+  )
   expect(last).toEqual(expected)
-  await new Promise((r) => setTimeout(r, 300))
-  expect(diffExposition(before, await scrape(), counters)).toEqual(expected)
+  await sleep(300)
+  expect(Exposition.diff(before, await scrape(), counters)).toEqual(expected)
 }
 
 const sorted = (o: Record<string, number>) =>
@@ -131,8 +130,7 @@ beforeAll(async () => {
   await pki.write("trust.pem", root.certPem)
 
   echo = Net.createServer({ allowHalfOpen: true }, (s) => s.pipe(s))
-  await new Promise<void>((r) => echo.listen(0, "127.0.0.1", r))
-  const echoPort = (echo.address() as Net.AddressInfo).port
+  const echoPort = await listen(echo)
 
   configText = `
 admin: { listen: "127.0.0.1:0" }
@@ -169,7 +167,7 @@ describe("sleeve run: admin endpoint", { timeout: 30_000 }, () => {
     expect(metrics.status).toBe(200)
     expect(metrics.headers["content-type"]).toBe("text/plain; version=0.0.4; charset=utf-8")
 
-    const samples = parseExposition(metrics.body)
+    const samples = Exposition.parse(metrics.body)
     expect(samples.get("sleeve_ready")).toBe(1)
     expect(samples.get("sleeve_config_last_reload_successful")).toBe(1)
     expect(samples.get('sleeve_connections_active{listener="in"}')).toBe(0)

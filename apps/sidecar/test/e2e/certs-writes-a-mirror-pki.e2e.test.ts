@@ -7,12 +7,13 @@
  * options with one line before writing anything.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Openssl from "@sleeve/testing/Openssl"
 import { existsSync } from "node:fs"
 import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as Yaml from "yaml"
-import { lines, openssl, opensslDn, sleeve } from "../support/Sleeve.ts"
+import { lines, sleeve } from "../support/Sleeve.ts"
 
 let root = ""
 
@@ -56,19 +57,26 @@ describe("sleeve certs", { timeout: 40_000 }, () => {
     const config = Yaml.parse(await readFile(join(out, "sleeve.yaml"), "utf8")) as Written
     const [checked, node1Dn, node2Dn, ...verified] = await Promise.all([
       sleeve(["check", "--config", "sleeve.yaml"], { cwd: out }),
-      opensslDn(join(out, "node1.crt"), "subject"),
-      opensslDn(join(out, "node2.crt"), "subject"),
+      Openssl.dn(join(out, "node1.crt"), "subject"),
+      Openssl.dn(join(out, "node2.crt"), "subject"),
       // OpenSSL accepts each node certificate for both roles: the mirror rule, seen by OpenSSL
       ...["node1", "node2"].flatMap((n) =>
         ["sslserver", "sslclient"].map((purpose) =>
-          openssl(["verify", "-CAfile", join(out, "ca-bundle.pem"), "-purpose", purpose, join(out, `${n}.crt`)])
+          Openssl.output(["verify", "-CAfile", join(out, "ca-bundle.pem"), "-purpose", purpose, join(out, `${n}.crt`)])
         )
       )
     ])
     expect(lines(checked.stdout)).toEqual(["sleeve.yaml: OK (2 TLS configurations, 2 listeners)"])
     expect(checked.code).toBe(0)
     expect(verified).toEqual(Array(4).fill(expect.stringMatching(/: OK\n$/)))
-    const ext = await openssl(["x509", "-in", join(out, "node1.crt"), "-noout", "-ext", "keyUsage,extendedKeyUsage"])
+    const ext = await Openssl.output([
+      "x509",
+      "-in",
+      join(out, "node1.crt"),
+      "-noout",
+      "-ext",
+      "keyUsage,extendedKeyUsage"
+    ])
     expect(ext).toMatch(/Key Usage: critical\n\s+Digital Signature, Key Encipherment\n/)
     expect(ext).toMatch(/Extended Key Usage: \n\s+TLS Web Server Authentication, TLS Web Client Authentication\n/)
 
@@ -143,7 +151,7 @@ describe("sleeve certs", { timeout: 40_000 }, () => {
     expect(config.tls.MirrorServer?.privateKeyPassword).toEqual({ env: "CERTS_TEST_PASSWORD" })
     expect(config.tls.MirrorServer?.authorizedPeers).toEqual(["CN=iris-b.example.com,O=Example\\, Inc"])
     expect(config.tls.MirrorClient?.authorizedPeers).toEqual([
-      await opensslDn(join(out, "iris-a.example.com.crt"), "subject")
+      await Openssl.dn(join(out, "iris-a.example.com.crt"), "subject")
     ])
 
     const [withPassword, withoutPassword] = await Promise.all([

@@ -5,8 +5,8 @@
  * terminal itself would echo it), and must never appear in what the terminal displayed.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { spawn } from "node:child_process"
 import { lines, mainTs, node, sleeve } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
@@ -37,30 +37,24 @@ afterAll(async () => {
 const shellQuote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`
 
 /** Runs `sleeve check` on a pseudo-terminal and types `typed` (then Enter) once the prompt shows. */
-const checkOnTerminal = (typed: string): Promise<{ readonly code: number | null; readonly screen: string }> =>
-  new Promise((resolve, reject) => {
-    const command = [node, mainTs, "check", "--config", "sleeve.yaml"].map(shellQuote).join(" ")
-    const child = spawn("script", ["-q", "-e", "-c", command, "/dev/null"], {
-      cwd: pki.dir,
-      env: { ...process.env, NO_COLOR: "1", TERM: "xterm" }
-    })
-    let screen = ""
-    let typedYet = false
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-      screen += chunk
-      if (!typedYet && screen.includes(promptText)) {
-        typedYet = true
-        child.stdin.write(`${typed}\r`)
-      }
-    })
-    const timer = setTimeout(() => child.kill("SIGKILL"), 20_000)
-    child.on("error", reject)
-    child.on("close", (code) => {
-      clearTimeout(timer)
-      child.stdin.destroy()
-      resolve({ code, screen })
-    })
+const checkOnTerminal = async (typed: string): Promise<{ readonly code: number | null; readonly screen: string }> => {
+  const command = [node, mainTs, "check", "--config", "sleeve.yaml"].map(shellQuote).join(" ")
+  const terminal = Process.startDaemon("script", ["-q", "-e", "-c", command, "/dev/null"], {
+    cwd: pki.dir,
+    env: { ...process.env, NO_COLOR: "1", TERM: "xterm" },
+    stdin: "pipe",
+    killAfterMs: 20_000
   })
+  // No prompt (it exited, or 20 s passed): nothing is typed, and the assertions say what was shown.
+  await terminal
+    .waitForOutput(promptText, { timeoutMs: 20_000 })
+    .then(() => terminal.child.stdin?.write(`${typed}\r`))
+    .catch(() => undefined)
+  const { code } = await terminal.exited
+  terminal.child.stdin?.destroy()
+  if (terminal.child.pid === undefined) throw new Error(terminal.stderr())
+  return { code, screen: terminal.stdout() }
+}
 
 describe("sleeve check ({ prompt: true } passwords)", { timeout: 30_000 }, () => {
   it("asks on a terminal without echo; the right password passes, a wrong one is reported; no TTY is a problem", async () => {

@@ -7,7 +7,7 @@
  * answers. Then SIGINT drains it: exit code 0 and the throwaway PKI folder is gone.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { spawn } from "node:child_process"
+import * as Process from "@sleeve/testing/Process"
 import { existsSync } from "node:fs"
 import { endLine, readyLine } from "../../src/Demo.ts"
 import { appDir, childEnv, mainTs, node, run } from "../support/Sleeve.ts"
@@ -28,24 +28,14 @@ const bash = (command: string) => run("bash", ["-c", command], { timeoutMs: 15_0
 
 describe("sleeve demo", { timeout: 40_000 }, () => {
   it("prints commands that work as printed, then exits 0 on SIGINT", async () => {
-    const child = spawn(node, [mainTs, "demo"], { cwd: appDir, env: childEnv() })
-    let stdout = ""
-    let stderr = ""
-    child.stderr.setEncoding("utf8").on("data", (c: string) => {
-      stderr += c
+    const demo = Process.startDaemon(node, [mainTs, "demo"], {
+      cwd: appDir,
+      env: childEnv(),
+      stdin: "pipe",
+      killAfterMs: 35_000
     })
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.on("close", (code, signal) => resolve({ code, signal }))
-    )
-    const killer = setTimeout(() => child.kill("SIGKILL"), 35_000)
     try {
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.setEncoding("utf8").on("data", (c: string) => {
-          stdout += c
-          if (stdout.includes(`\n${endLine}\n`)) resolve()
-        })
-        child.on("close", () => reject(new Error(`demo exited before it was ready:\n${stdout}\n${stderr}`)))
-      })
+      const stdout = await demo.waitForOutput(`\n${endLine}\n`, { timeoutMs: 35_000 })
       expect(stdout.startsWith(`${readyLine}\n`)).toBe(true)
       const commands = steps(stdout)
       expect([...commands.keys()]).toEqual([1, 2, 3, 4, 5, 6])
@@ -72,8 +62,8 @@ describe("sleeve demo", { timeout: 40_000 }, () => {
       expect(authorized.stdout).toContain("legacy-app: hello")
       // 2. the intruder completes no exchange with the app, and Sleeve says why
       expect(intruder.stdout).not.toContain("legacy-app")
-      expect(stderr).toMatch(/"event":"peer_rejected","listener":"app-in".*"reason":"dn_rejected"/)
-      expect(stderr).toContain('"nearestAuthorized":"CN=node2.sleeve.demo,O=Sleeve Demo"')
+      expect(demo.stderr()).toMatch(/"event":"peer_rejected","listener":"app-in".*"reason":"dn_rejected"/)
+      expect(demo.stderr()).toContain('"nearestAuthorized":"CN=node2.sleeve.demo,O=Sleeve Demo"')
       // 3. plaintext in, TLS out, through app-in to the app
       expect(plaintextIn.stdout).toBe("legacy-app: hello\n")
       // 4. the metrics page shows exactly the one DN rejection
@@ -90,21 +80,20 @@ describe("sleeve demo", { timeout: 40_000 }, () => {
       // 6. curl --ssl-reqd delivered a message to the plaintext app through the upgraded session
       expect(mailClient.code, mailClient.stderr).toBe(0)
       expect(mailClient.stdout).toBe("sent\n")
-      expect(stderr).toMatch(/"event":"legacy_smtp_message","from":"<demo@sleeve.demo>"/)
-      expect(stderr).toMatch(/"event":"handshake_ok","listener":"mail-in"/)
+      expect(demo.stderr()).toMatch(/"event":"legacy_smtp_message","from":"<demo@sleeve.demo>"/)
+      expect(demo.stderr()).toMatch(/"event":"handshake_ok","listener":"mail-in"/)
       // the printed check command passes, and /status answers
       expect(checked.stdout, checked.stderr).toMatch(/: OK \(3 TLS configurations, 3 listeners\)\n$/)
       expect(checked.code).toBe(0)
       expect((JSON.parse(statusPage.stdout) as { ready: boolean }).ready).toBe(true)
 
-      child.kill("SIGINT")
-      const end = await exited
+      demo.child.kill("SIGINT")
+      const end = await demo.exited
       expect(end).toEqual({ code: 0, signal: null })
-      expect(stderr).not.toMatch(/^sleeve: |^\s+at /m)
+      expect(demo.stderr()).not.toMatch(/^sleeve: |^\s+at /m)
       expect(existsSync(pkiDir)).toBe(false)
     } finally {
-      clearTimeout(killer)
-      child.kill("SIGKILL")
+      await demo.stop("SIGKILL")
     }
   })
 })

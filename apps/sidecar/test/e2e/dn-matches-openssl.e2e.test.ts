@@ -7,8 +7,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as TestPki from "@sleeve/testing/TestPki"
+import * as Openssl from "@sleeve/testing/Openssl"
 import { join } from "node:path"
-import { lines, openssl, opensslDn, sleeve } from "../support/Sleeve.ts"
+import { lines, sleeve } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
 let certs: ReadonlyArray<TestPki.Identity>
@@ -33,7 +34,7 @@ beforeAll(async () => {
   certs = await Promise.all(subjects.map((subject, i) => pki.leaf(intermediate, { name: `leaf${i}`, subject })))
   chainLeaf = certs[0]!
   await pki.write("all.pem", certs.map((c) => c.certPem).join(""))
-  await openssl(["x509", "-in", chainLeaf.certFile, "-outform", "DER", "-out", join(pki.dir, "leaf0.der")])
+  await Openssl.output(["x509", "-in", chainLeaf.certFile, "-outform", "DER", "-out", join(pki.dir, "leaf0.der")])
   await pki.write("not-a-cert.pem", "hello\n")
 })
 
@@ -50,8 +51,8 @@ describe("sleeve dn", { timeout: 30_000 }, () => {
       sleeve(["dn", "--issuer", chainLeaf.chainFile]),
       sleeve(["dn", "leaf0.der"], { cwd: pki.dir })
     ])
-    const expectedSubjects = await Promise.all(certs.map((c) => opensslDn(c.certFile, "subject")))
-    const expectedIssuers = await Promise.all(certs.map((c) => opensslDn(c.certFile, "issuer")))
+    const expectedSubjects = await Promise.all(certs.map((c) => Openssl.dn(c.certFile, "subject")))
+    const expectedIssuers = await Promise.all(certs.map((c) => Openssl.dn(c.certFile, "issuer")))
 
     // The oracle really sees the hard cases (escapes, multi-valued RDNs, UTF-8 as openssl writes it).
     expect(expectedSubjects[0]).toBe("CN=Smith\\, John,OU=Ops\\; Infra,O=Example\\, Corp,C=US")

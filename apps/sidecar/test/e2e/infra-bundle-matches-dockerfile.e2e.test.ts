@@ -12,11 +12,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { defaults } from "@sleeve/core/ConfigFile"
+import { freePort } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { spawn } from "node:child_process"
 import { existsSync, readdirSync } from "node:fs"
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises"
-import * as Net from "node:net"
 import { tmpdir } from "node:os"
 import { join, posix } from "node:path"
 import * as Yaml from "yaml"
@@ -80,16 +80,6 @@ beforeAll(async () => {
 afterAll(async () => {
   if (work !== "") await rm(work, { recursive: true, force: true })
 })
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const s = Net.createServer()
-    s.once("error", reject)
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as Net.AddressInfo).port
-      s.close(() => resolve(port))
-    })
-  })
 
 describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
   it("agrees with the repository: Node, pnpm, manifests, bundle command, runtime contract", async () => {
@@ -234,21 +224,10 @@ admin:
     // ENTRYPOINT and HEALTHCHECK name `node` and `/app/main.js`: here, the repo's Node 24 and the folder above.
     const image = (argv: ReadonlyArray<string>) =>
       argv.map((a) => (a === "node" ? node : a === "/app/main.js" ? join(appFolder, "main.js") : a))
-    const exec = (argv: ReadonlyArray<string>) =>
-      new Promise<Ran>((resolve, reject) => {
-        const [cmd, ...rest] = image(argv) as [string, ...Array<string>]
-        const child = spawn(cmd, rest, { cwd: appFolder, env, ...asUser })
-        let stdout = ""
-        let stderr = ""
-        child.stdout.setEncoding("utf8").on("data", (c: string) => {
-          stdout += c
-        })
-        child.stderr.setEncoding("utf8").on("data", (c: string) => {
-          stderr += c
-        })
-        child.on("error", reject)
-        child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }))
-      })
+    const exec = (argv: ReadonlyArray<string>): Promise<Ran> => {
+      const [cmd, ...rest] = image(argv) as [string, ...Array<string>]
+      return Process.run(cmd, rest, { cwd: appFolder, env, ...asUser })
+    }
 
     const [version, check, unhealthy] = await Promise.all([
       exec([...entrypoint, "--version"]),
@@ -261,37 +240,27 @@ admin:
 
     // CMD: `run` with the configuration from SLEEVE_CONFIG, until STOPSIGNAL
     const [cmd, ...rest] = image([...entrypoint, ...command]) as [string, ...Array<string>]
-    const daemon = spawn(cmd, rest, { cwd: appFolder, env, ...asUser })
-    let out = ""
-    let err = ""
-    daemon.stderr.setEncoding("utf8").on("data", (c: string) => {
-      err += c
+    const daemon = Process.startDaemon(cmd, rest, {
+      cwd: appFolder,
+      env,
+      ...asUser,
+      stdin: "pipe",
+      killAfterMs: 20_000
     })
-    const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      daemon.on("close", (code, signal) => resolve({ code, signal }))
-    )
-    const killer = setTimeout(() => daemon.kill("SIGKILL"), 20_000)
     try {
-      await new Promise<void>((resolve, reject) => {
-        daemon.stdout.setEncoding("utf8").on("data", (c: string) => {
-          out += c
-          if (out.includes('"event":"ready"')) resolve()
-        })
-        daemon.on("close", () => reject(new Error(`sleeve run ended before ready:\n${out}\n${err}`)))
-      })
+      await daemon.waitForOutput('"event":"ready"', { timeoutMs: 20_000 })
       if (asUser.uid !== undefined) {
-        const status = await readFile(`/proc/${daemon.pid}/status`, "utf8")
+        const status = await readFile(`/proc/${daemon.child.pid}/status`, "utf8")
         expect(/^Uid:\s+(\d+)/m.exec(status)?.[1]).toBe(String(uid))
       }
       const healthy = await exec(healthcheck)
       expect(healthy.code, healthy.stderr).toBe(0)
-      daemon.kill(one("runtime", "STOPSIGNAL") as NodeJS.Signals)
-      expect(await ended).toEqual({ code: 0, signal: null })
-      expect(out).toContain('"event":"stopped"')
-      expect(err).toBe("")
+      daemon.child.kill(one("runtime", "STOPSIGNAL") as NodeJS.Signals)
+      expect(await daemon.exited).toEqual({ code: 0, signal: null })
+      expect(daemon.stdout()).toContain('"event":"stopped"')
+      expect(daemon.stderr()).toBe("")
     } finally {
-      clearTimeout(killer)
-      daemon.kill("SIGKILL")
+      await daemon.stop("SIGKILL")
     }
   })
 })

@@ -9,11 +9,13 @@
  * Without the Prometheus binary this suite fails, naming the package to install; it never skips.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { listen } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
+import { waitUntil } from "@sleeve/testing/Wait"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import { fileURLToPath } from "node:url"
-import { type Prometheus, type SleeveDaemon, startPrometheus, startSleeve, waitUntil } from "../support/Prometheus.ts"
+import { type Prometheus, type SleeveDaemon, startPrometheus, startSleeve } from "../support/Prometheus.ts"
 
 const rulesFile = fileURLToPath(new URL("../../../../infra/prometheus/sleeve.rules.yml", import.meta.url))
 const alertNames = [
@@ -56,7 +58,7 @@ beforeAll(async () => {
     s.on("error", () => {})
     s.pipe(s)
   })
-  await new Promise<void>((r) => echo.listen(0, "127.0.0.1", r))
+  const echoPort = await listen(echo)
   await pki.write(
     "sleeve.yaml",
     `
@@ -70,7 +72,7 @@ tls:
     verifyPeer: require
     authorizedPeers: ["CN=alice"]
 listeners:
-  - { name: in, mode: terminate, listen: "127.0.0.1:0", target: "127.0.0.1:${(echo.address() as Net.AddressInfo).port}", tls: Server }
+  - { name: in, mode: terminate, listen: "127.0.0.1:0", target: "127.0.0.1:${echoPort}", tls: Server }
 `
   )
   sleeve = await startSleeve("sleeve.yaml", { cwd: pki.dir })

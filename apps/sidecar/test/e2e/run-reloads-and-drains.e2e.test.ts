@@ -12,21 +12,17 @@
  *   a connection that does not finish is closed at the `drainTimeout` deadline.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as Exposition from "@sleeve/testing/Exposition"
+import { listen } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
+import { sleep, waitUntil } from "@sleeve/testing/Wait"
 import { renameSync, writeFileSync } from "node:fs"
 import { mkdir } from "node:fs/promises"
 import * as Net from "node:net"
 import { join } from "node:path"
 import * as Tls from "node:tls"
 import { request } from "undici"
-import {
-  diffExposition,
-  type LogEvent,
-  parseExposition,
-  type SleeveDaemon,
-  startSleeve,
-  waitUntil
-} from "../support/Prometheus.ts"
+import { type LogEvent, type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
 import { run } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
@@ -113,7 +109,7 @@ const get = async (d: SleeveDaemon, path: string) => {
   return { status: res.statusCode, body: await res.body.text() }
 }
 
-const scrape = async (d: SleeveDaemon) => parseExposition((await get(d, "/metrics")).body)
+const scrape = async (d: SleeveDaemon) => Exposition.parse((await get(d, "/metrics")).body)
 
 const isReloadEvent = (e: LogEvent) => e.event === "reloaded" || e.event === "reload_failed"
 
@@ -142,8 +138,7 @@ beforeAll(async () => {
     s.on("error", () => {})
     s.pipe(s)
   })
-  await new Promise<void>((r) => echo.listen(0, "127.0.0.1", r))
-  echoPort = (echo.address() as Net.AddressInfo).port
+  echoPort = await listen(echo)
 
   useCertificate("server-v1")
   configText = config("5s")
@@ -175,7 +170,7 @@ describe("sleeve run: reload and drain", { timeout: 30_000 }, () => {
     const stream = (async () => {
       while (streaming) {
         sent = await roundTrip(live, sent, `${++n}\n`)
-        await new Promise((r) => setTimeout(r, 20))
+        await sleep(20)
       }
     })()
     await waitUntil("a few lines streamed", () => (n >= 5 ? true : undefined))
@@ -257,7 +252,7 @@ describe("sleeve run: reload and drain", { timeout: 30_000 }, () => {
     expect(await servedCn(port)).toBe("server-v3")
     await settle(sleeve!)
     let after = await scrape(sleeve!)
-    expect(diffExposition(before, after, ["sleeve_config_reloads_total"])).toEqual({
+    expect(Exposition.diff(before, after, ["sleeve_config_reloads_total"])).toEqual({
       'sleeve_config_reloads_total{result="failed"}': 1
     })
     expect(after.get("sleeve_config_last_reload_successful")).toBe(0)
@@ -275,7 +270,7 @@ describe("sleeve run: reload and drain", { timeout: 30_000 }, () => {
     expect(await servedCn(port)).toBe("server-v3")
     await settle(sleeve!)
     after = await scrape(sleeve!)
-    expect(diffExposition(before, after, ["sleeve_config_reloads_total"])).toEqual({
+    expect(Exposition.diff(before, after, ["sleeve_config_reloads_total"])).toEqual({
       'sleeve_config_reloads_total{result="failed"}': 1
     })
 

@@ -1,24 +1,24 @@
 /**
- * Long-running processes for the black-box suites, and the Prometheus side of them:
+ * Long-running processes for the black-box suites, on top of `Process.startDaemon` from
+ * @sleeve/testing (a process with its output collected, a wait for a line of it, and a stop that
+ * escalates to SIGKILL, so no test leaves a process behind):
  *
- * - `Daemon`: any process that runs until stopped (`sleeve run`, Prometheus), with its output
- *   collected, a way to wait for a line, and a stop that escalates to SIGKILL, so no test leaves
- *   a process behind.
+ * - `startDaemon`: any such process with the cleaned environment of `Sleeve.childEnv`.
  * - `startSleeve`: `sleeve run --config FILE` from source with the repo's Node, its JSON log
  *   lines parsed, resolved once the `ready` line (listener addresses, admin URL) is out.
- * - `parseExposition`: the Prometheus text format as a map from series to value, so a test can
- *   take the difference of two scrapes of `/metrics`.
  * - `startPrometheus`: Debian's real `/usr/bin/prometheus` on a free loopback port, with its own
  *   temporary TSDB, scraping the given targets every second and loading rule files; its HTTP
  *   API (`/api/v1/query`, `/rules`, `/targets`, `/alerts`) is read with undici. When the binary
  *   is missing the suite fails with how to install it: it never skips.
  *
- * Process helpers only: nothing here asserts anything about Sleeve.
+ * A scrape of `/metrics` is read with `Exposition` from @sleeve/testing. Process helpers only:
+ * nothing here asserts anything about Sleeve.
  */
-import { spawn, type ChildProcess } from "node:child_process"
+import * as Net from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
+import { waitUntil } from "@sleeve/testing/Wait"
 import { existsSync } from "node:fs"
 import { mkdtemp, rm, writeFile } from "node:fs/promises"
-import * as Net from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
@@ -28,101 +28,19 @@ import { childEnv, mainTs, node } from "./Sleeve.ts"
 // Daemon
 // ---------------------------------------------------------------------------------------------
 
-/** How a daemon ended. */
-export interface Exited {
-  readonly code: number | null
-  readonly signal: NodeJS.Signals | null
-}
-
 /** A process that runs until it is stopped. */
-export interface Daemon {
-  readonly child: ChildProcess
-  /** Everything written to stdout so far. */
-  readonly stdout: () => string
-  /** Everything written to stderr so far. */
-  readonly stderr: () => string
-  /** Resolves when the process has exited (never rejects). */
-  readonly exited: Promise<Exited>
-  /** Whether the process has exited. */
-  readonly hasExited: () => boolean
-  /**
-   * Sends `signal` (default SIGTERM) and waits up to `graceMs` (default 10 s) for the exit;
-   * then SIGKILL. Resolves with how it ended; safe to call more than once, or after the exit.
-   */
-  readonly stop: (signal?: NodeJS.Signals, graceMs?: number) => Promise<Exited>
-}
+export type Daemon = Process.Daemon
 
 /** Options of {@link startDaemon}. */
 export interface DaemonOptions {
   readonly cwd: string
+  /** Added to (and overriding) the cleaned environment; `undefined` removes a variable. */
   readonly env?: Readonly<Record<string, string | undefined>>
 }
 
 /** Spawns `command args…` with the cleaned environment of `Sleeve.childEnv`. */
-export const startDaemon = (command: string, args: ReadonlyArray<string>, options: DaemonOptions): Daemon => {
-  const child = spawn(command, args, {
-    cwd: options.cwd,
-    env: childEnv(options.env),
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  let stdout = ""
-  let stderr = ""
-  child.stdout?.setEncoding("utf8").on("data", (c: string) => {
-    stdout += c
-  })
-  child.stderr?.setEncoding("utf8").on("data", (c: string) => {
-    stderr += c
-  })
-  let ended: Exited | undefined
-  const exited = new Promise<Exited>((resolve) => {
-    child.on("error", (e) => {
-      stderr += `spawn failed: ${e.message}\n`
-      ended = { code: null, signal: null }
-      resolve(ended)
-    })
-    child.on("close", (code, signal) => {
-      ended = { code, signal }
-      resolve(ended)
-    })
-  })
-  const stop = async (signal: NodeJS.Signals = "SIGTERM", graceMs = 10_000): Promise<Exited> => {
-    if (ended !== undefined) return ended
-    child.kill(signal)
-    const timer = setTimeout(() => child.kill("SIGKILL"), graceMs)
-    const result = await exited
-    clearTimeout(timer)
-    return result
-  }
-  return { child, stdout: () => stdout, stderr: () => stderr, exited, hasExited: () => ended !== undefined, stop }
-}
-
-/** Polls `check` every `everyMs` until it returns a value other than `undefined`; fails after `timeoutMs`. */
-export const waitUntil = async <A>(
-  what: string,
-  check: () => A | undefined | Promise<A | undefined>,
-  options: { readonly timeoutMs?: number; readonly everyMs?: number; readonly detail?: () => string } = {}
-): Promise<A> => {
-  const deadline = Date.now() + (options.timeoutMs ?? 10_000)
-  for (;;) {
-    const value = await check()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}${options.detail === undefined ? "" : `\n${options.detail()}`}`)
-    }
-    await new Promise((r) => setTimeout(r, options.everyMs ?? 50))
-  }
-}
-
-/** A free TCP port on 127.0.0.1 (bound and released; good enough for a test). */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = Net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as Net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
+export const startDaemon = (command: string, args: ReadonlyArray<string>, options: DaemonOptions): Daemon =>
+  Process.startDaemon(command, args, { cwd: options.cwd, env: childEnv(options.env) })
 
 // ---------------------------------------------------------------------------------------------
 // sleeve run
@@ -176,7 +94,7 @@ export const startSleeve = async (
 ): Promise<SleeveDaemon> => {
   const daemon = startDaemon(node, [mainTs, "run", "--config", config], options)
   const events = () => parseEvents(daemon.stdout())
-  const output = () => `--- stdout\n${daemon.stdout()}--- stderr\n${daemon.stderr()}`
+  const output = daemon.output
   let ready: LogEvent
   try {
     ready = await waitUntil(
@@ -203,47 +121,6 @@ export const startSleeve = async (
       { timeoutMs: opts.timeoutMs ?? 10_000, detail: output }
     )
   return { ...daemon, admin: String(ready.admin), listeners, events, waitForEvent }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Text exposition format
-// ---------------------------------------------------------------------------------------------
-
-/**
- * The samples of a Prometheus text exposition, keyed by series exactly as written
- * (`name{label="value",…}`, or `name` alone). Comments and blank lines are skipped.
- */
-export const parseExposition = (text: string): ReadonlyMap<string, number> => {
-  const samples = new Map<string, number>()
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue
-    // The value follows the last space outside the label set (label values may hold spaces).
-    const close = line.lastIndexOf("}")
-    const space = line.indexOf(" ", close === -1 ? 0 : close)
-    if (space === -1) throw new Error(`not an exposition line: ${line}`)
-    const value = line.slice(space + 1).split(" ")[0] as string
-    samples.set(line.slice(0, space), value === "+Inf" ? Infinity : value === "-Inf" ? -Infinity : Number(value))
-  }
-  return samples
-}
-
-/**
- * The series of `after` whose value differs from `before` (a missing series counts as 0),
- * restricted to the metric names in `names`, as `{ series: change }`.
- */
-export const diffExposition = (
-  before: ReadonlyMap<string, number>,
-  after: ReadonlyMap<string, number>,
-  names: ReadonlyArray<string>
-): Record<string, number> => {
-  const out: Record<string, number> = {}
-  for (const [series, value] of after) {
-    const name = series.split("{")[0] as string
-    if (!names.includes(name)) continue
-    const change = value - (before.get(series) ?? 0)
-    if (change !== 0) out[series] = change
-  }
-  return out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +218,7 @@ export const startPrometheus = async (options: PrometheusOptions): Promise<Prome
         2
       )
     )
-    const port = await freePort()
+    const port = await Net.freePort()
     const url = `http://127.0.0.1:${port}`
     daemon = startDaemon(
       prometheusBinary,
