@@ -7,6 +7,8 @@
  */
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
 import { MetricName } from "@sleeve/metrics/Metrics"
+import { freePort } from "@sleeve/testing/Net"
+import { eventually, sleep, within } from "@sleeve/testing/Wait"
 import { Result } from "effect"
 import type * as Net from "node:net"
 import * as ProxyRuntime from "../src/ProxyRuntime.ts"
@@ -16,8 +18,6 @@ import {
   connectTcp,
   connectTls,
   type DataPki,
-  eventually,
-  freePort,
   handshakeCounts,
   makeCleanup,
   makeDataPki,
@@ -27,9 +27,7 @@ import {
   spawnOpenssl,
   startProxy,
   startTarget,
-  sleep,
   startTlsTarget,
-  within,
   writeConfig
 } from "./support/DataPathHarness.ts"
 

@@ -7,7 +7,9 @@
  */
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
 import { MetricName } from "@sleeve/metrics/Metrics"
+import { freePort } from "@sleeve/testing/Net"
 import type * as TestPki from "@sleeve/testing/TestPki"
+import { eventually, sleep, within } from "@sleeve/testing/Wait"
 import { Result } from "effect"
 import { createHash } from "node:crypto"
 import * as Fs from "node:fs"
@@ -21,19 +23,15 @@ import {
   connectTcp,
   connectTls,
   type DataPki,
-  eventually,
   failureReasons,
-  freePort,
   handshakeCounts,
   makeCleanup,
   makeDataPki,
   makeReader,
   type ProxyUnderTest,
   probeTls,
-  sleep,
   startProxy,
   startTarget,
-  within,
   writeConfig
 } from "./support/DataPathHarness.ts"
 

@@ -12,18 +12,15 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Metrics from "@sleeve/metrics/Metrics"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { Result } from "effect"
-import * as EventLog from "../src/EventLog.ts"
-import * as ProxyRuntime from "../src/ProxyRuntime.ts"
 import * as Postgres from "./support/Postgres.ts"
+import * as ProxyUnderTest from "./support/ProxyUnderTest.ts"
 
 let pki: TestPki.TestPki
 let ca: TestPki.Identity
 let otherCa: TestPki.Identity
 let plainServer: Postgres.Server | undefined
 let tlsServer: Postgres.Server | undefined
-let running: ProxyRuntime.Running | undefined
-let metrics: Metrics.Recorder
+let proxy: ProxyUnderTest.ProxyUnderTest | undefined
 
 beforeAll(async () => {
   pki = await TestPki.make()
@@ -65,33 +62,16 @@ beforeAll(async () => {
       ""
     ].join("\n")
   )
-  const activated = ProxyRuntime.activate(file)
-  if (Result.isFailure(activated)) throw new Error(`activation failed:\n${activated.failure.message}`)
-  metrics = Metrics.make({ defaultMetrics: false })
-  running = await ProxyRuntime.start(activated.success, { metrics, log: EventLog.makeMemory().sink })
+  proxy = await ProxyUnderTest.start(file)
 }, 60_000)
 
 afterAll(async () => {
-  await running?.drain(0)
+  await proxy?.running.drain(0)
   await Promise.all([plainServer?.stop(), tlsServer?.stop()])
   await pki?.cleanup()
 }, 30_000)
 
-const port = (listener: string): number => running!.listener(listener)!.address().port
-
-/** Waits until the sum of the series of `name` matching `labels` is `expected`. */
-const counted = async (name: string, labels: Readonly<Record<string, string>>, expected: number) => {
-  const end = Date.now() + 3000
-  for (;;) {
-    const { values } = await metrics.registry.getSingleMetric(name)!.get()
-    const value = values
-      .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-      .reduce((sum, v) => sum + v.value, 0)
-    if (value === expected || Date.now() > end)
-      return assert.strictEqual(value, expected, `${name} ${JSON.stringify(labels)}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
+const port = (listener: string): number => proxy!.port(listener)
 
 /** `host=127.0.0.1 port=… user=postgres dbname=postgres` plus `extra`. */
 const conninfo = (port: number, extra: string) => `host=127.0.0.1 port=${port} user=postgres dbname=postgres ${extra}`
@@ -111,7 +91,7 @@ describe("server side: Sleeve answers SSLRequest for a PostgreSQL with ssl = off
     const result = await Postgres.psql(conninfo(port("pg-in"), "sslmode=require"), `select 42; ${sslOfThisSession}`)
     assert.strictEqual(result.code, 0, result.stderr)
     assert.strictEqual(result.stdout, "42\nf|-\n")
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.starttlsUpgradesTotal,
       { listener: "pg-in", protocol: "postgres", result: "ok" },
       1
@@ -140,8 +120,12 @@ describe("server side: Sleeve answers SSLRequest for a PostgreSQL with ssl = off
     const result = await Postgres.psql(conninfo(port("pg-in"), "sslmode=disable"), "select 1")
     assert.strictEqual(result.code, 2)
     assert.include(result.stderr, "FATAL:  SSL required: this server only accepts SSL connections")
-    await counted(Metrics.MetricName.connectionsRefusedTotal, { listener: "pg-in", reason: "starttls_required" }, 1)
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "pg-in", result: "refused" }, 1)
+    await proxy!.counted(
+      Metrics.MetricName.connectionsRefusedTotal,
+      { listener: "pg-in", reason: "starttls_required" },
+      1
+    )
+    await proxy!.counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "pg-in", result: "refused" }, 1)
     // A session that got through would be logged as authorized (log_connections = on).
     const check = await Postgres.psql(conninfo(plainServer!.port, "sslmode=disable"), "select 1")
     assert.strictEqual(check.code, 0, check.stderr)
@@ -160,19 +144,19 @@ describe("client side: Sleeve sends SSLRequest for a legacy psql", { timeout: 20
     const result = await Postgres.psql(conninfo(port("pg-out"), "sslmode=disable"), `select 42; ${sslOfThisSession}`)
     assert.strictEqual(result.code, 0, result.stderr)
     assert.strictEqual(result.stdout, "42\nt|TLSv1.3\n")
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.starttlsUpgradesTotal,
       { listener: "pg-out", protocol: "postgres", result: "ok" },
       1
     )
-    await counted(Metrics.MetricName.handshakesTotal, { listener: "pg-out", role: "client", result: "ok" }, 1)
+    await proxy!.counted(Metrics.MetricName.handshakesTotal, { listener: "pg-out", role: "client", result: "ok" }, 1)
   })
 
   it("psql with its default sslmode=prefer: Sleeve answers its SSLRequest N and secures the session itself", async () => {
     const result = await Postgres.psql(conninfo(port("pg-out"), ""), `${sslOfThisSession}; show ssl`)
     assert.strictEqual(result.code, 0, result.stderr)
     assert.strictEqual(result.stdout, "t|TLSv1.3\non\n")
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.starttlsUpgradesTotal,
       { listener: "pg-out", protocol: "postgres", result: "ok" },
       2

@@ -7,13 +7,13 @@
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
 import { MetricName } from "@sleeve/metrics/Metrics"
 import * as TestPki from "@sleeve/testing/TestPki"
+import { eventually, within } from "@sleeve/testing/Wait"
 import {
   type Cleanup,
   clientTls,
   connectTcp,
   connectTls,
   type DataPki,
-  eventually,
   failureReasons,
   handshakeCounts,
   makeCleanup,
@@ -26,7 +26,6 @@ import {
   startTarget,
   startTlsTarget,
   type Target,
-  within,
   writeConfig
 } from "./support/DataPathHarness.ts"
 

@@ -11,17 +11,14 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Metrics from "@sleeve/metrics/Metrics"
+import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { Result } from "effect"
-import { spawn } from "node:child_process"
-import * as EventLog from "../src/EventLog.ts"
-import * as ProxyRuntime from "../src/ProxyRuntime.ts"
+import * as ProxyUnderTest from "./support/ProxyUnderTest.ts"
 import * as SmtpRecorder from "./support/SmtpRecorder.ts"
 
 let pki: TestPki.TestPki
 let ca: TestPki.Identity
-let running: ProxyRuntime.Running
-let metrics: Metrics.Recorder
+let proxy: ProxyUnderTest.ProxyUnderTest | undefined
 let messageFile: string
 const closers: Array<() => Promise<void>> = []
 const servers: Record<string, SmtpRecorder.SmtpRecorder> = {}
@@ -91,40 +88,21 @@ beforeAll(async () => {
       ""
     ].join("\n")
   )
-  const activated = ProxyRuntime.activate(file)
-  if (Result.isFailure(activated)) throw new Error(`activation failed:\n${activated.failure.message}`)
-  metrics = Metrics.make({ defaultMetrics: false })
-  running = await ProxyRuntime.start(activated.success, { metrics, log: EventLog.makeMemory().sink })
+  proxy = await ProxyUnderTest.start(file)
 }, 30_000)
 
 afterAll(async () => {
-  await running?.drain(0)
+  await proxy?.running.drain(0)
   for (const close of closers.reverse()) await close()
   await pki?.cleanup()
 })
 
-const port = (listener: string): number => running.listener(listener)!.address().port
+const port = (listener: string): number => proxy!.port(listener)
 
 /** `sleeve_bytes_total` of a listener, both directions. */
 const bytes = async (listener: string) => {
-  const { values } = await metrics.registry.getSingleMetric(Metrics.MetricName.bytesTotal)!.get()
-  const of = (direction: string) =>
-    values.find((v) => v.labels.listener === listener && v.labels.direction === direction)?.value ?? 0
-  return { clientToTarget: of("client_to_target"), targetToClient: of("target_to_client") }
-}
-
-/** Waits until the sum of the series of `name` matching `labels` is `expected`. */
-const counted = async (name: string, labels: Readonly<Record<string, string>>, expected: number) => {
-  const end = Date.now() + 3000
-  for (;;) {
-    const { values } = await metrics.registry.getSingleMetric(name)!.get()
-    const value = values
-      .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-      .reduce((sum, v) => sum + v.value, 0)
-    if (value === expected || Date.now() > end)
-      return assert.strictEqual(value, expected, `${name} ${JSON.stringify(labels)}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
+  const of = (direction: string) => proxy!.value(Metrics.MetricName.bytesTotal, { listener, direction })
+  return { clientToTarget: await of("client_to_target"), targetToClient: await of("target_to_client") }
 }
 
 interface CurlResult {
@@ -134,32 +112,28 @@ interface CurlResult {
 }
 
 /** Sends `messageFile` with curl: from alice to bob, EHLO `client.example`, verbose trace. */
-const sendMail = (port: number, tls: ReadonlyArray<string>): Promise<CurlResult> =>
-  new Promise((resolve) => {
-    const child = spawn(
-      "curl",
-      [
-        "-sS",
-        "-v",
-        "--max-time",
-        "10",
-        "--url",
-        `smtp://127.0.0.1:${port}/client.example`,
-        "--mail-from",
-        "alice@example.test",
-        "--mail-rcpt",
-        "bob@example.test",
-        "--upload-file",
-        messageFile,
-        ...tls
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] }
-    )
-    const err: Array<Buffer> = []
-    child.stdout.resume()
-    child.stderr.on("data", (c: Buffer) => err.push(c))
-    child.on("close", (code) => resolve({ code, trace: Buffer.concat(err).toString("latin1") }))
-  })
+const sendMail = async (port: number, tls: ReadonlyArray<string>): Promise<CurlResult> => {
+  const r = await Process.run(
+    "curl",
+    [
+      "-sS",
+      "-v",
+      "--max-time",
+      "10",
+      "--url",
+      `smtp://127.0.0.1:${port}/client.example`,
+      "--mail-from",
+      "alice@example.test",
+      "--mail-rcpt",
+      "bob@example.test",
+      "--upload-file",
+      messageFile,
+      ...tls
+    ],
+    { encoding: "latin1" }
+  )
+  return { code: r.code, trace: r.stderr }
+}
 
 describe("server side: Sleeve answers STARTTLS for a plaintext SMTP server", { timeout: 15_000 }, () => {
   it("curl --ssl-reqd sends a mail over TLS; it arrives intact and the server never sees STARTTLS", async () => {
@@ -188,9 +162,13 @@ describe("server side: Sleeve answers STARTTLS for a plaintext SMTP server", { t
       "DATA",
       "QUIT"
     ])
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-in", protocol: "smtp", result: "ok" }, 1)
+    await proxy!.counted(
+      Metrics.MetricName.starttlsUpgradesTotal,
+      { listener: "smtp-in", protocol: "smtp", result: "ok" },
+      1
+    )
     // The client uploaded the message: most bytes went client → target (the server only answers).
-    await counted(Metrics.MetricName.connectionsActive, { listener: "smtp-in" }, 0)
+    await proxy!.counted(Metrics.MetricName.connectionsActive, { listener: "smtp-in" }, 0)
     const moved = await bytes("smtp-in")
     assert.isAbove(moved.clientToTarget, messageSize)
     assert.isBelow(moved.targetToClient, 1000)
@@ -207,12 +185,16 @@ describe("server side: Sleeve answers STARTTLS for a plaintext SMTP server", { t
       server.commands.some((c) => /^(MAIL|RCPT|DATA)/.test(c.line)),
       JSON.stringify(server.commands)
     )
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.connectionsRefusedTotal,
       { listener: "smtp-in-refusing", reason: "starttls_required" },
       1
     )
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-in-refusing", result: "refused" }, 1)
+    await proxy!.counted(
+      Metrics.MetricName.starttlsUpgradesTotal,
+      { listener: "smtp-in-refusing", result: "refused" },
+      1
+    )
   })
 })
 
@@ -251,10 +233,14 @@ describe("client side: Sleeve negotiates STARTTLS for a plaintext SMTP client", 
       ]
     )
     assert.deepStrictEqual(server.injected, [])
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-out", protocol: "smtp", result: "ok" }, 1)
-    await counted(Metrics.MetricName.handshakesTotal, { listener: "smtp-out", role: "client", result: "ok" }, 1)
+    await proxy!.counted(
+      Metrics.MetricName.starttlsUpgradesTotal,
+      { listener: "smtp-out", protocol: "smtp", result: "ok" },
+      1
+    )
+    await proxy!.counted(Metrics.MetricName.handshakesTotal, { listener: "smtp-out", role: "client", result: "ok" }, 1)
     // The legacy client is the one connecting: its upload is client → target here too.
-    await counted(Metrics.MetricName.connectionsActive, { listener: "smtp-out" }, 0)
+    await proxy!.counted(Metrics.MetricName.connectionsActive, { listener: "smtp-out" }, 0)
     const moved = await bytes("smtp-out")
     assert.isAbove(moved.clientToTarget, messageSize)
     assert.isBelow(moved.targetToClient, 1000)
@@ -272,8 +258,8 @@ describe("client side: Sleeve negotiates STARTTLS for a plaintext SMTP client", 
       ["plain: EHLO sleeve.test", "plain: STARTTLS"]
     )
     assert.deepStrictEqual(server.injected, [], "no plaintext followed STARTTLS")
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-out-rogue", result: "failed" }, 1)
-    await counted(
+    await proxy!.counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-out-rogue", result: "failed" }, 1)
+    await proxy!.counted(
       Metrics.MetricName.handshakeFailuresTotal,
       { listener: "smtp-out-rogue", role: "client", reason: "unknown_ca" },
       1
@@ -291,6 +277,10 @@ describe("client side: Sleeve negotiates STARTTLS for a plaintext SMTP client", 
       server.commands.map((c) => c.line),
       ["EHLO sleeve.test", "QUIT"]
     )
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-out-no-starttls", result: "refused" }, 1)
+    await proxy!.counted(
+      Metrics.MetricName.starttlsUpgradesTotal,
+      { listener: "smtp-out-no-starttls", result: "refused" },
+      1
+    )
   })
 })

@@ -14,11 +14,7 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Metrics from "@sleeve/metrics/Metrics"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { Result } from "effect"
-import type * as Net from "node:net"
 import * as Tls from "node:tls"
-import * as EventLog from "../src/EventLog.ts"
-import * as ProxyRuntime from "../src/ProxyRuntime.ts"
 import {
   imapSession,
   ldapResponse,
@@ -31,7 +27,20 @@ import {
   type Served,
   smtpSession
 } from "./support/LegacyApps.ts"
-import { closed, connect, makeReader, sClient } from "./support/StarttlsHarness.ts"
+import * as ProxyUnderTest from "./support/ProxyUnderTest.ts"
+import {
+  closed,
+  connect,
+  ldapBind,
+  ldapUnbind,
+  makeReader,
+  pgSslRequest,
+  pgStartup,
+  pgTerminate,
+  sClient,
+  sClientArgs,
+  secureClient
+} from "./support/StarttlsHarness.ts"
 import type { Pki } from "./support/StarttlsPki.ts"
 import { startRemote } from "./support/StarttlsRemotes.ts"
 import * as SmtpRecorder from "./support/SmtpRecorder.ts"
@@ -43,9 +52,7 @@ import * as SmtpRecorder from "./support/SmtpRecorder.ts"
 let pki: TestPki.TestPki
 let ca: TestPki.Identity
 let otherCa: TestPki.Identity
-let running: ProxyRuntime.Running
-let metrics: Metrics.Recorder
-let events: ReturnType<typeof EventLog.makeMemory>["events"]
+let proxy: ProxyUnderTest.ProxyUnderTest | undefined
 const closers: Array<() => Promise<void>> = []
 
 const apps: Record<string, Served> = {}
@@ -142,16 +149,11 @@ beforeAll(async () => {
     ""
   ].join("\n")
   const file = await pki.write("sleeve.yaml", yaml)
-  const activated = ProxyRuntime.activate(file)
-  if (Result.isFailure(activated)) throw new Error(`activation failed:\n${activated.failure.message}`)
-  metrics = Metrics.make({ defaultMetrics: false })
-  const log = EventLog.makeMemory()
-  events = log.events
-  running = await ProxyRuntime.start(activated.success, { metrics, log: log.sink })
+  proxy = await ProxyUnderTest.start(file)
 }, 30_000)
 
 afterAll(async () => {
-  await running?.drain(0)
+  await proxy?.running.drain(0)
   for (const close of closers.reverse()) await close()
   await pki?.cleanup()
 })
@@ -160,71 +162,10 @@ afterAll(async () => {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const port = (listener: string): number => {
-  const l = running.listener(listener)
-  assert.isDefined(l, `listener ${listener} is running`)
-  return l!.address().port
-}
-
-/** The sum of the series of `name` whose labels include `labels`. */
-const counter = async (name: string, labels: Readonly<Record<string, string>>): Promise<number> => {
-  const metric = metrics.registry.getSingleMetric(name)
-  assert.isDefined(metric, `${name} is registered`)
-  const { values } = await metric!.get()
-  return values
-    .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-    .reduce((sum, v) => sum + v.value, 0)
-}
-
-/** Waits until `counter(name, labels)` is `expected` (metrics of a closing connection lag a little). */
-const counted = async (name: string, labels: Readonly<Record<string, string>>, expected: number) => {
-  const end = Date.now() + 3000
-  for (;;) {
-    const value = await counter(name, labels)
-    if (value === expected || Date.now() > end)
-      return assert.strictEqual(value, expected, `${name} ${JSON.stringify(labels)}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
+const port = (listener: string): number => proxy!.port(listener)
 
 const upgrades = (listener: string, protocol: string, result: Metrics.StarttlsResult) =>
-  counter(Metrics.MetricName.starttlsUpgradesTotal, { listener, protocol, result })
-
-const sClientArgs = (starttls: string, port: number, extra: ReadonlyArray<string> = []) => [
-  "-starttls",
-  starttls,
-  "-connect",
-  `127.0.0.1:${port}`,
-  "-CAfile",
-  ca.certFile,
-  "-verify_return_error",
-  "-servername",
-  "localhost",
-  "-verify_hostname",
-  "localhost",
-  "-ign_eof",
-  ...extra
-]
-
-/** A TLS client on an already-negotiated raw socket, verifying the test CA and `localhost`. */
-const secureClient = (raw: Net.Socket): Promise<Tls.TLSSocket> =>
-  new Promise((resolve, reject) => {
-    const s = Tls.connect({ socket: raw, ca: ca.certPem, servername: "localhost" })
-    s.once("secureConnect", () => resolve(s))
-    s.once("error", reject)
-  })
-
-const ldapBind = (id: number) =>
-  Buffer.from(`30120201${id.toString(16).padStart(2, "0")}600d0201030404636e3d7880027077`, "hex")
-const ldapUnbind = (id: number) => Buffer.from(`30050201${id.toString(16).padStart(2, "0")}4200`, "hex")
-const pgStartup = (user: string) => {
-  const body = Buffer.concat([Buffer.from("00030000", "hex"), Buffer.from(`user\0${user}\0database\0db\0\0`)])
-  const length = Buffer.alloc(4)
-  length.writeUInt32BE(body.length + 4)
-  return Buffer.concat([length, body])
-}
-const pgSslRequest = Buffer.from("0000000804d2162f", "hex")
-const pgTerminate = Buffer.from("X\0\0\0\x04", "latin1")
+  proxy!.value(Metrics.MetricName.starttlsUpgradesTotal, { listener, protocol, result })
 
 // ---------------------------------------------------------------------------------------------
 // Server side: openssl s_client in front of each plaintext app
@@ -233,7 +174,7 @@ const pgTerminate = Buffer.from("X\0\0\0\x04", "latin1")
 describe("server side: openssl s_client -starttls through a configured listener", { timeout: 15_000 }, () => {
   it("smtp: STARTTLS answered by Sleeve, a mail transaction reaches the app over TLS", async () => {
     const result = await sClient(
-      sClientArgs("smtp", port("smtp"), ["-crlf"]),
+      sClientArgs(ca.certFile, "smtp", port("smtp"), ["-crlf"]),
       "EHLO after.tls\nMAIL FROM:<alice@example.test>\nRCPT TO:<bob@example.test>\nDATA\nSubject: hi\n\nbody\n.\nQUIT\n"
     )
     const stdout = result.stdout.toString("latin1")
@@ -261,14 +202,14 @@ describe("server side: openssl s_client -starttls through a configured listener"
     )
     assert.strictEqual(await upgrades("smtp", "smtp", "ok"), 1)
     assert.strictEqual(
-      await counter(Metrics.MetricName.handshakesTotal, { listener: "smtp", role: "server", result: "ok" }),
+      await proxy!.value(Metrics.MetricName.handshakesTotal, { listener: "smtp", role: "server", result: "ok" }),
       1
     )
   })
 
   it("imap: STARTTLS answered by Sleeve, then tagged commands reach the app over TLS", async () => {
     const result = await sClient(
-      sClientArgs("imap", port("imap"), ["-crlf"]),
+      sClientArgs(ca.certFile, "imap", port("imap"), ["-crlf"]),
       "a1 NOOP\na2 LOGIN bob secret\na3 LOGOUT\n"
     )
     const stdout = result.stdout.toString("latin1")
@@ -283,7 +224,7 @@ describe("server side: openssl s_client -starttls through a configured listener"
   })
 
   it("pop3: STLS answered by Sleeve, then commands reach the app over TLS", async () => {
-    const result = await sClient(sClientArgs("pop3", port("pop3"), ["-crlf"]), "USER bob\nSTAT\nQUIT\n")
+    const result = await sClient(sClientArgs(ca.certFile, "pop3", port("pop3"), ["-crlf"]), "USER bob\nSTAT\nQUIT\n")
     const stdout = result.stdout.toString("latin1")
     assert.include(stdout, "Verify return code: 0 (ok)")
     assert.include(stdout, "+OK 0 0")
@@ -293,7 +234,10 @@ describe("server side: openssl s_client -starttls through a configured listener"
   })
 
   it("ldap: the StartTLS extended operation answered by Sleeve, then bind and unbind over TLS", async () => {
-    const result = await sClient(sClientArgs("ldap", port("ldap")), Buffer.concat([ldapBind(2), ldapUnbind(3)]))
+    const result = await sClient(
+      sClientArgs(ca.certFile, "ldap", port("ldap")),
+      Buffer.concat([ldapBind(2), ldapUnbind(3)])
+    )
     assert.include(result.stdout.toString("latin1"), "Verify return code: 0 (ok)")
     assert.isTrue(result.stdout.includes(ldapResponse(2, 0x61, 0)), "the app's BindResponse came back over TLS")
     assert.deepStrictEqual(apps.ldap!.received, ["bind #2", "unbind #3"])
@@ -302,7 +246,7 @@ describe("server side: openssl s_client -starttls through a configured listener"
 
   it("postgres: SSLRequest answered S by Sleeve, then the StartupMessage reaches the app over TLS", async () => {
     const result = await sClient(
-      sClientArgs("postgres", port("postgres")),
+      sClientArgs(ca.certFile, "postgres", port("postgres")),
       Buffer.concat([pgStartup("bob"), pgTerminate])
     )
     assert.include(result.stdout.toString("latin1"), "Verify return code: 0 (ok)")
@@ -317,7 +261,7 @@ describe("server side: openssl s_client -starttls through a configured listener"
     raw.write("STARTTLS\r\n")
     assert.strictEqual((await plain.until(/\r\n$/)).toString(), "OK STARTTLS\r\n")
     plain.detach()
-    const secure = await secureClient(raw)
+    const secure = await secureClient(ca.certPem)(raw)
     const reader = makeReader(secure)
     secure.write("hello over tls\r\n")
     assert.strictEqual((await reader.until(/\r\n$/)).toString(), "echo: hello over tls\r\n")
@@ -345,7 +289,7 @@ describe("client side: a plaintext client reaches a STARTTLS server through a co
     assert.deepStrictEqual(remotes.imap!.received, ["plain: A0 STARTTLS", "tls: a1 LOGIN bob secret", "tls: a2 LOGOUT"])
     assert.strictEqual(await upgrades("imap-out", "imap", "ok"), 1)
     assert.strictEqual(
-      await counter(Metrics.MetricName.handshakesTotal, { listener: "imap-out", role: "client", result: "ok" }),
+      await proxy!.value(Metrics.MetricName.handshakesTotal, { listener: "imap-out", role: "client", result: "ok" }),
       1
     )
   })
@@ -416,7 +360,7 @@ describe("security", { timeout: 15_000 }, () => {
     assert.strictEqual((await plain.until(/\r\n$/)).toString(), "220 2.0.0 Ready to start TLS\r\n")
     assert.strictEqual(plain.detach().length, 0)
 
-    const secure = await secureClient(raw)
+    const secure = await secureClient(ca.certPem)(raw)
     const reader = makeReader(secure)
     const say = async (line: string, reply: RegExp) => {
       secure.write(`${line}\r\n`)
@@ -455,13 +399,13 @@ describe("security", { timeout: 15_000 }, () => {
       "DATA",
       "QUIT"
     ])
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.starttlsDiscardedBytesTotal,
       { listener: "smtp-inject", protocol: "smtp" },
       injected.length
     )
     assert.strictEqual(await upgrades("smtp-inject", "smtp", "ok"), 1)
-    const logged = events.find((e) => e.event === "starttls_discarded" && e.listener === "smtp-inject")
+    const logged = proxy!.events().find((e) => e.event === "starttls_discarded" && e.listener === "smtp-inject")
     assert.strictEqual(logged?.bytes, injected.length)
   })
 
@@ -473,14 +417,14 @@ describe("security", { timeout: 15_000 }, () => {
     raw.write(Buffer.concat([pgSslRequest, injected]))
     assert.strictEqual((await plain.until((b) => b.length >= 1)).toString(), "S")
     assert.strictEqual(plain.detach().length, 0)
-    const secure = await secureClient(raw)
+    const secure = await secureClient(ca.certPem)(raw)
     const reader = makeReader(secure)
     secure.write(pgStartup("bob"))
     assert.deepStrictEqual(await reader.until((b) => b.length >= pgReady.length), pgReady)
     secure.write(pgTerminate)
     await closed(secure)
     assert.deepStrictEqual(app.received, ["startup 3.0 user bob database db", "message X"])
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.starttlsDiscardedBytesTotal,
       { listener: "pg-inject", protocol: "postgres" },
       injected.length
@@ -508,7 +452,7 @@ describe("security", { timeout: 15_000 }, () => {
       ["EHLO client.test", "QUIT"]
     )
     assert.deepStrictEqual(recorder.mails, [])
-    await counted(
+    await proxy!.counted(
       Metrics.MetricName.connectionsRefusedTotal,
       { listener: "smtp-require", reason: "starttls_required" },
       1
@@ -552,7 +496,11 @@ describe("security", { timeout: 15_000 }, () => {
     await recorder.closed(2)
     assert.strictEqual(recorder.commands.length, rounds + 1, "nothing of the long line reached the app")
 
-    await counted(Metrics.MetricName.connectionsRefusedTotal, { listener: "smtp-cap", reason: "cleartext_limit" }, 2)
+    await proxy!.counted(
+      Metrics.MetricName.connectionsRefusedTotal,
+      { listener: "smtp-cap", reason: "cleartext_limit" },
+      2
+    )
     assert.strictEqual(await upgrades("smtp-cap", "smtp", "refused"), 2)
   })
 
@@ -575,17 +523,21 @@ describe("security", { timeout: 15_000 }, () => {
       recorder.commands.map((c) => c.line),
       ["EHLO client.test"]
     )
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-garbage", result: "failed" }, 1)
+    await proxy!.counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-garbage", result: "failed" }, 1)
     assert.strictEqual(await upgrades("smtp-garbage", "smtp", "ok"), 0)
     assert.isAtLeast(
-      await counter(Metrics.MetricName.handshakesTotal, { listener: "smtp-garbage", role: "server", result: "failed" }),
+      await proxy!.value(Metrics.MetricName.handshakesTotal, {
+        listener: "smtp-garbage",
+        role: "server",
+        result: "failed"
+      }),
       1
     )
   })
 
   it("a client that rejects the certificate: the handshake fails and its commands never reach the app", async () => {
     const recorder = recorders["smtp-badca"]!
-    const args = sClientArgs("smtp", port("smtp-badca"), ["-crlf"]).map((a) =>
+    const args = sClientArgs(ca.certFile, "smtp", port("smtp-badca"), ["-crlf"]).map((a) =>
       a === ca.certFile ? otherCa.certFile : a
     )
     const result = await sClient(args, "MAIL FROM:<alice@example.test>\nQUIT\n")
@@ -596,6 +548,6 @@ describe("security", { timeout: 15_000 }, () => {
       recorder.commands.some((c) => /MAIL|QUIT|STARTTLS/.test(c.line)),
       JSON.stringify(recorder.commands)
     )
-    await counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-badca", result: "failed" }, 1)
+    await proxy!.counted(Metrics.MetricName.starttlsUpgradesTotal, { listener: "smtp-badca", result: "failed" }, 1)
   })
 })

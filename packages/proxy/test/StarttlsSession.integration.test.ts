@@ -1,6 +1,6 @@
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
+import { listen as listenOn } from "@sleeve/testing/Net"
 import * as net from "node:net"
-import * as tls from "node:tls"
 import * as Starttls from "../src/Starttls.ts"
 import * as StarttlsSession from "../src/StarttlsSession.ts"
 import {
@@ -18,10 +18,17 @@ import {
 import {
   closed,
   connect,
+  ldapBind,
+  ldapUnbind,
   makeReader,
   type Outcome,
+  pgSslRequest,
+  pgStartup,
+  pgTerminate,
   type Sleeve,
   sClient,
+  sClientArgs,
+  secureClient,
   serverUpgrade,
   startSleeve
 } from "./support/StarttlsHarness.ts"
@@ -68,47 +75,11 @@ const failure = async (s: Sleeve) => {
   return o.error
 }
 
-const sClientArgs = (starttls: string, port: number, extra: ReadonlyArray<string> = []) => [
-  "-starttls",
-  starttls,
-  "-connect",
-  `127.0.0.1:${port}`,
-  "-CAfile",
-  pki.caFile,
-  "-verify_return_error",
-  "-servername",
-  "localhost",
-  "-verify_hostname",
-  "localhost",
-  "-ign_eof",
-  ...extra
-]
-
-/** A TLS client on an already-negotiated raw socket, verifying the test CA. */
-const secureClient = (raw: net.Socket): Promise<tls.TLSSocket> =>
-  new Promise((resolve, reject) => {
-    const s = tls.connect({ socket: raw, ca: pki.caPem, servername: "localhost" })
-    s.once("secureConnect", () => resolve(s))
-    s.once("error", reject)
-  })
-
-const ldapBind = (id: number) =>
-  Buffer.from(`30120201${id.toString(16).padStart(2, "0")}600d0201030404636e3d7880027077`, "hex")
-const ldapUnbind = (id: number) => Buffer.from(`30050201${id.toString(16).padStart(2, "0")}4200`, "hex")
-const pgStartup = (() => {
-  const body = Buffer.concat([Buffer.from("00030000", "hex"), Buffer.from("user\0bob\0database\0db\0\0")])
-  const length = Buffer.alloc(4)
-  length.writeUInt32BE(body.length + 4)
-  return Buffer.concat([length, body])
-})()
-const pgSslRequest = Buffer.from("0000000804d2162f", "hex")
-const pgTerminate = Buffer.from("X\0\0\0\x04", "latin1")
-
 describe("server side (Sleeve in front of a plaintext server)", () => {
   it("SMTP: openssl s_client -starttls smtp verifies the certificate and talks to the app over TLS", async () => {
     const a = await app((s, r) => smtpSession(s, r))
     const s = await sleeve("server", a.port, { protocol: "smtp" })
-    const result = await sClient(sClientArgs("smtp", s.port, ["-crlf"]), "EHLO after.tls\nQUIT\n")
+    const result = await sClient(sClientArgs(pki.caFile, "smtp", s.port, ["-crlf"]), "EHLO after.tls\nQUIT\n")
     const stdout = result.stdout.toString("latin1")
     assert.include(stdout, "Verify return code: 0 (ok)")
     assert.include(stdout, "250-app.test")
@@ -135,7 +106,7 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
     raw.write("STARTTLS\r\nRSET\r\n")
     assert.strictEqual((await plain.until(/\r\n$/)).toString("latin1"), "220 2.0.0 Ready to start TLS\r\n")
     assert.strictEqual(plain.detach().length, 0)
-    const secure = await secureClient(raw)
+    const secure = await secureClient(pki.caPem)(raw)
     const reader = makeReader(secure)
     secure.write("EHLO client.test\r\n")
     const again = (await reader.until(/^250 .*\r\n/m)).toString("latin1")
@@ -197,7 +168,10 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
   it("IMAP: openssl s_client -starttls imap, then commands reach the app over TLS", async () => {
     const a = await app((sock, r) => imapSession(sock, r))
     const s = await sleeve("server", a.port, { protocol: "imap" })
-    const result = await sClient(sClientArgs("imap", s.port, ["-crlf"]), "a1 NOOP\na2 LOGIN bob secret\na3 LOGOUT\n")
+    const result = await sClient(
+      sClientArgs(pki.caFile, "imap", s.port, ["-crlf"]),
+      "a1 NOOP\na2 LOGIN bob secret\na3 LOGOUT\n"
+    )
     const stdout = result.stdout.toString("latin1")
     assert.include(stdout, "Verify return code: 0 (ok)")
     assert.include(stdout, "a1 OK NOOP completed")
@@ -227,7 +201,7 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
   it("POP3: openssl s_client -starttls pop3, then commands reach the app over TLS", async () => {
     const a = await app((sock, r) => pop3Session(sock, r))
     const s = await sleeve("server", a.port, { protocol: "pop3" })
-    const result = await sClient(sClientArgs("pop3", s.port, ["-crlf"]), "STAT\nQUIT\n")
+    const result = await sClient(sClientArgs(pki.caFile, "pop3", s.port, ["-crlf"]), "STAT\nQUIT\n")
     const stdout = result.stdout.toString("latin1")
     assert.include(stdout, "Verify return code: 0 (ok)")
     assert.include(stdout, "+OK 0 0")
@@ -238,7 +212,7 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
   it("LDAP: openssl s_client -starttls ldap, then a bind reaches the app over TLS", async () => {
     const a = await app((sock, r) => ldapSession(sock, r))
     const s = await sleeve("server", a.port, { protocol: "ldap" })
-    const result = await sClient(sClientArgs("ldap", s.port), Buffer.concat([ldapBind(2), ldapUnbind(3)]))
+    const result = await sClient(sClientArgs(pki.caFile, "ldap", s.port), Buffer.concat([ldapBind(2), ldapUnbind(3)]))
     assert.include(result.stdout.toString("latin1"), "Verify return code: 0 (ok)")
     assert.isTrue(result.stdout.includes(ldapResponse(2, 0x61, 0)), "the app's BindResponse came back")
     assert.deepStrictEqual(a.received, ["bind #2", "unbind #3"])
@@ -247,7 +221,10 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
   it("PostgreSQL: openssl s_client -starttls postgres, then the StartupMessage reaches the app over TLS", async () => {
     const a = await app((sock, r) => pgSession(sock, r))
     const s = await sleeve("server", a.port, { protocol: "postgres" })
-    const result = await sClient(sClientArgs("postgres", s.port), Buffer.concat([pgStartup, pgTerminate]))
+    const result = await sClient(
+      sClientArgs(pki.caFile, "postgres", s.port),
+      Buffer.concat([pgStartup("bob"), pgTerminate])
+    )
     assert.include(result.stdout.toString("latin1"), "Verify return code: 0 (ok)")
     assert.isTrue(result.stdout.includes(pgReady), "the app's AuthenticationOk/ReadyForQuery came back")
     assert.deepStrictEqual(a.received, ["startup 3.0 user bob database db", "message X"])
@@ -258,7 +235,7 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
     const s = await sleeve("server", a.port, { protocol: "postgres" })
     const raw = await connect(s.port)
     const reader = makeReader(raw)
-    raw.write(pgStartup)
+    raw.write(pgStartup("bob"))
     const error = await reader.until((b) => b.length >= 5 && b.length >= b.readUInt32BE(1) + 1)
     assert.strictEqual(error[0], 0x45)
     assert.include(error.toString("latin1"), "C28000\0")
@@ -276,7 +253,7 @@ describe("server side (Sleeve in front of a plaintext server)", () => {
     raw.write("STARTTLS\r\nsmuggled\r\n")
     assert.strictEqual((await plain.until(/\r\n$/)).toString(), "OK STARTTLS\r\n")
     plain.detach()
-    const secure = await secureClient(raw)
+    const secure = await secureClient(pki.caPem)(raw)
     const reader = makeReader(secure)
     secure.write("hello\r\n")
     assert.strictEqual((await reader.until(/\r\n$/)).toString(), "echo: hello\r\n")
@@ -390,7 +367,7 @@ describe("client side (Sleeve beside a plaintext client)", () => {
     const reader = makeReader(legacy)
     legacy.write(pgSslRequest)
     assert.strictEqual((await reader.until((b) => b.length >= 1)).toString(), "N")
-    legacy.write(pgStartup)
+    legacy.write(pgStartup("bob"))
     assert.deepStrictEqual(await reader.until((b) => b.length >= pgReady.length), pgReady)
     legacy.write(pgTerminate)
     await closed(legacy)
@@ -407,7 +384,7 @@ describe("client side (Sleeve beside a plaintext client)", () => {
     const s = await sleeve("client", remote.port, { protocol: "postgres" })
     const legacy = await connect(s.port)
     const reader = makeReader(legacy)
-    legacy.write(pgStartup)
+    legacy.write(pgStartup("bob"))
     const error = await reader.until((b) => b.length >= 5 && b.length >= b.readUInt32BE(1) + 1)
     assert.include(error.toString("latin1"), "C08001\0")
     await closed(legacy)
@@ -434,9 +411,9 @@ describe("runner", () => {
   /** A connected pair: `inbound` is the accepted side, not yet read by anyone. */
   const pair = async (): Promise<{ readonly client: net.Socket; readonly inbound: net.Socket }> => {
     const server = net.createServer()
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const port = await listenOn(server)
     const accepted = new Promise<net.Socket>((resolve) => server.once("connection", resolve))
-    const client = await connect((server.address() as net.AddressInfo).port)
+    const client = await connect(port)
     const inbound = await accepted
     server.close()
     cleanups.push(async () => {
@@ -477,7 +454,7 @@ describe("runner", () => {
     const plain = makeReader(client)
     assert.strictEqual((await plain.until(/\r\n$/)).toString(), "OK\r\n")
     plain.detach()
-    const secure = await secureClient(client)
+    const secure = await secureClient(pki.caPem)(client)
     const upgraded = await running
     assert.strictEqual(upgraded.discarded, 6)
     assert.strictEqual(reported, 6)

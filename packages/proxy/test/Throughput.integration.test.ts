@@ -6,13 +6,13 @@
  */
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
 import { MetricName } from "@sleeve/metrics/Metrics"
+import { eventually } from "@sleeve/testing/Wait"
 import type * as Net from "node:net"
 import {
   type Cleanup,
   clientTls,
   connectTls,
   type DataPki,
-  eventually,
   hashIncoming,
   makeCleanup,
   makeDataPki,

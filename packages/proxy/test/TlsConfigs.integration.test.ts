@@ -1,12 +1,12 @@
 import { Metrics } from "@sleeve/metrics"
+import { listen } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { Redacted } from "effect"
-import { execFile } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
-import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as EventLog from "../src/EventLog.ts"
 import * as TlsConfigs from "../src/TlsConfigs.ts"
@@ -116,8 +116,7 @@ describe("TlsConfigs (library verbs)", () => {
         .then((s) => s.end("secured\n"))
         .catch(() => raw.destroy())
     })
-    await new Promise<void>((r) => listener.listen(0, "127.0.0.1", () => r()))
-    const port = (listener.address() as Net.AddressInfo).port
+    const port = await listen(listener)
     const got = await new Promise<string>((resolve, reject) => {
       const c = Tls.connect({ port, host: "127.0.0.1", ca: Fs.readFileSync(pki.caFile), servername: "localhost" })
       let s = ""
@@ -130,10 +129,15 @@ describe("TlsConfigs (library verbs)", () => {
   })
 
   it("the runnable STARTTLS line-protocol example works", async () => {
-    const { stdout } = await promisify(execFile)(node, [Path.join(root, "packages/proxy/examples/starttls-line.ts")], {
-      cwd: root,
-      timeout: 30_000
-    })
+    const { code, stdout, stderr } = await Process.run(
+      node,
+      [Path.join(root, "packages/proxy/examples/starttls-line.ts")],
+      {
+        cwd: root,
+        timeoutMs: 30_000
+      }
+    )
+    expect(code, stderr).toBe(0)
     expect(stdout.trim().split("\n")).toEqual([
       "server says: HELLO legacy-line-protocol",
       "server says: OK begin TLS",

@@ -1,24 +1,30 @@
 /**
  * Support for the data-path integration suites (DataPath, Rejections, Lifecycle, Throughput): a
- * real `ProxyRuntime` started from a configuration file written next to a `TestPki`, plain and
- * TLS target servers that count what reaches them, TLS clients that report what they saw, an
- * `openssl` process runner, seeded random byte streams with their SHA-256, and readers for the
- * Prometheus counters and the JSON event log.
+ * real `ProxyRuntime` (`ProxyUnderTest`) started from a configuration file written next to a
+ * `TestPki`, plain and TLS target servers that count what reaches them, TLS clients that report
+ * what they saw, an `openssl` process runner, seeded random byte streams with their SHA-256, and
+ * the handshake counters of a listener. Waits, ports and processes are @sleeve/testing's.
  *
  * Everything a helper opens is registered with a `Cleanup` so that a failing test still closes
  * its sockets, servers, processes and runtimes (the suites run `cleanup.run()` in `afterEach`).
  * Nothing here is product code; it drives the product from the outside, as an operator would.
  */
 import * as Metrics from "@sleeve/metrics/Metrics"
+import { close, listen, type Where } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { Result } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
+import { eventually, within } from "@sleeve/testing/Wait"
+import type { ChildProcess } from "node:child_process"
 import { createCipheriv, createHash } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
-import * as EventLog from "../../src/EventLog.ts"
-import * as ProxyRuntime from "../../src/ProxyRuntime.ts"
+import type * as ProxyRuntime from "../../src/ProxyRuntime.ts"
+import * as ProxyUnderTestModule from "./ProxyUnderTest.ts"
+
+export type { LoggedEvent, ProxyUnderTest } from "./ProxyUnderTest.ts"
+
+type ProxyUnderTest = ProxyUnderTestModule.ProxyUnderTest
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup
@@ -87,49 +93,6 @@ export const clientTls = (ca: TestPki.Identity, identity?: TestPki.Identity): Tl
 })
 
 // ---------------------------------------------------------------------------------------------
-// Small async helpers
-// ---------------------------------------------------------------------------------------------
-
-/** Resolves after `ms` milliseconds. */
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-
-/** Rejects with `what` when `promise` has not settled within `ms`. */
-export const within = <A>(what: string, ms: number, promise: Promise<A>): Promise<A> =>
-  new Promise<A>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms)
-    promise.then(
-      (a) => {
-        clearTimeout(timer)
-        resolve(a)
-      },
-      (e: unknown) => {
-        clearTimeout(timer)
-        reject(e)
-      }
-    )
-  })
-
-/** Polls `check` every 10 ms until it is true; fails after `ms`. */
-export const eventually = async (what: string, check: () => boolean | Promise<boolean>, ms = 3000): Promise<void> => {
-  const end = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`${what}: not true within ${ms} ms`)
-    await sleep(10)
-  }
-}
-
-/** A free TCP port on `host`, found by binding port 0 and closing (for servers that need a fixed port). */
-export const freePort = (host = "127.0.0.1"): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const s = Net.createServer()
-    s.once("error", reject)
-    s.listen(0, host, () => {
-      const { port } = s.address() as Net.AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-
-// ---------------------------------------------------------------------------------------------
 // Configuration and the proxy under test
 // ---------------------------------------------------------------------------------------------
 
@@ -173,65 +136,15 @@ export const writeConfig = (file: string, config: ConfigEntry): string => {
   return file
 }
 
-/** One logged event, parsed back from the JSON line the proxy wrote. */
-export type LoggedEvent = { readonly level: string; readonly event: string } & Readonly<Record<string, unknown>>
-
-/** A proxy under test. */
-export interface ProxyUnderTest {
-  readonly running: ProxyRuntime.Running
-  readonly metrics: Metrics.Recorder
-  /** The JSON lines written by the event log, verbatim. */
-  readonly lines: ReadonlyArray<string>
-  /** The events, parsed from `lines`. */
-  readonly events: () => ReadonlyArray<LoggedEvent>
-  readonly file: string
-  /** The bound port of a listener. */
-  readonly port: (listener: string) => number
-  /** Sum of the series of `metric` whose labels include `labels`. */
-  readonly value: (metric: Metrics.MetricName, labels?: Readonly<Record<string, string>>) => Promise<number>
-}
-
-/** Activates `file` (failing the test with every problem on error) and starts the proxy. */
+/** {@link ProxyUnderTestModule.start}, drained (deadline 0) when `cleanup` runs. */
 export const startProxy = async (
   cleanup: Cleanup,
   file: string,
   options: ProxyRuntime.ActivateOptions = {}
 ): Promise<ProxyUnderTest> => {
-  const activated = ProxyRuntime.activate(file, options)
-  if (Result.isFailure(activated)) throw new Error(`activation failed:\n${activated.failure.message}`)
-  const metrics = Metrics.make({ defaultMetrics: false })
-  const lines: Array<string> = []
-  // The production JSON sink, writing to memory: proves every event is one JSON line.
-  const log = EventLog.makeJson((line) => lines.push(line))
-  const running = await ProxyRuntime.start(activated.success, { metrics, log })
-  cleanup.defer(() => running.drain(0))
-  return {
-    running,
-    metrics,
-    lines,
-    events: () => lines.map((l) => JSON.parse(l) as LoggedEvent),
-    file,
-    port: (name) => {
-      const l = running.listener(name)
-      if (l === undefined) throw new Error(`no listener named ${name}`)
-      return l.address().port
-    },
-    value: (metric, labels) => metricValue(metrics, metric, labels ?? {})
-  }
-}
-
-/** Sum of the series of `metric` whose labels include every one of `labels`. */
-export const metricValue = async (
-  metrics: Metrics.Recorder,
-  metric: Metrics.MetricName,
-  labels: Readonly<Record<string, string>>
-): Promise<number> => {
-  const m = metrics.registry.getSingleMetric(metric)
-  if (m === undefined) throw new Error(`metric ${metric} is not registered`)
-  const { values } = await m.get()
-  return values
-    .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
-    .reduce((sum, v) => sum + v.value, 0)
+  const proxy = await ProxyUnderTestModule.start(file, options)
+  cleanup.defer(() => proxy.running.drain(0))
+  return proxy
 }
 
 /** The handshake counters of one listener, as an object (for one `deepEqual`). */
@@ -278,29 +191,6 @@ export interface Target {
   readonly sockets: ReadonlySet<Net.Socket>
 }
 
-type Listen = { readonly host: string; readonly port?: number } | { readonly path: string }
-
-const track = (cleanup: Cleanup, server: Net.Server, sockets: Set<Net.Socket>) => {
-  cleanup.defer(
-    () =>
-      new Promise<void>((r) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => r())
-      })
-  )
-}
-
-const listening = (server: Net.Server, where: Listen): Promise<void> =>
-  new Promise((resolve, reject) => {
-    server.once("error", reject)
-    const done = () => {
-      server.off("error", reject)
-      resolve()
-    }
-    if ("path" in where) server.listen(where.path, done)
-    else server.listen(where.port ?? 0, where.host, done)
-  })
-
 /**
  * A plain TCP server; `handle` serves each connection (default: echo, honouring half-close:
  * the reply ends when the request does). Sockets are `allowHalfOpen`.
@@ -308,7 +198,7 @@ const listening = (server: Net.Server, where: Listen): Promise<void> =>
 export const startTarget = async (
   cleanup: Cleanup,
   handle: (socket: Net.Socket) => void = (s) => s.pipe(s),
-  where: Listen = { host: "127.0.0.1" }
+  where: Where = { host: "127.0.0.1" }
 ): Promise<Target> => {
   let accepts = 0
   const chunks: Array<Buffer> = []
@@ -321,12 +211,11 @@ export const startTarget = async (
     s.on("data", (c: Buffer) => chunks.push(c))
     handle(s)
   })
-  track(cleanup, server, sockets)
-  await listening(server, where)
-  const a = server.address()
+  cleanup.defer(() => close(server, sockets))
+  const port = await listen(server, where)
   return {
     server,
-    port: typeof a === "object" && a !== null ? a.port : 0,
+    port,
     accepts: () => accepts,
     received: () => Buffer.concat(chunks),
     sockets
@@ -338,7 +227,7 @@ export const startTlsTarget = async (
   cleanup: Cleanup,
   options: Tls.TlsOptions,
   handle: (socket: Tls.TLSSocket) => void = (s) => s.pipe(s),
-  where: Listen = { host: "127.0.0.1" }
+  where: Where = { host: "127.0.0.1" }
 ): Promise<Target & { readonly secured: () => number }> => {
   let accepts = 0
   let secured = 0
@@ -356,11 +245,11 @@ export const startTlsTarget = async (
     s.once("close", () => sockets.delete(s))
   })
   server.on("tlsClientError", () => {})
-  track(cleanup, server, sockets)
-  await listening(server, where)
+  cleanup.defer(() => close(server, sockets))
+  const port = await listen(server, where)
   return {
     server,
-    port: (server.address() as Net.AddressInfo).port,
+    port,
     accepts: () => accepts,
     secured: () => secured,
     received: () => Buffer.concat(chunks),
@@ -463,9 +352,10 @@ export const makeReader = (socket: Net.Socket): Reader => {
     text: () => text,
     until: async (needle, ms = 5000) => {
       await eventually(
-        `waiting for ${JSON.stringify(needle)} (have ${JSON.stringify(text)})`,
+        JSON.stringify(needle),
         () => text.includes(needle),
-        ms
+        ms,
+        () => `have ${JSON.stringify(text)}`
       )
       return text
     },
@@ -488,34 +378,18 @@ export interface OpensslProcess {
   readonly until: (needle: string, ms?: number, stream?: "stdout" | "stderr") => Promise<void>
 }
 
-/** Spawns `openssl <args>`; it is killed at cleanup if still running. */
+/** Spawns `openssl <args>` (stdin open for the test to write); it is killed at cleanup if still running. */
 export const spawnOpenssl = (cleanup: Cleanup, args: ReadonlyArray<string>): OpensslProcess => {
-  const child = spawn("openssl", [...args], { stdio: ["pipe", "pipe", "pipe"] })
-  let stdout = ""
-  let stderr = ""
-  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d))
-  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d))
-  child.stdin.on("error", () => {})
-  const exited = new Promise<number | string>((r) =>
-    child.once("exit", (code, signal) => r(code ?? signal ?? "unknown"))
-  )
-  cleanup.defer(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGKILL")
-      await exited
-    }
-  })
+  const daemon = Process.startDaemon("openssl", args, { stdin: "pipe" })
+  cleanup.defer(() => daemon.stop("SIGKILL"))
   return {
-    child,
-    stdout: () => stdout,
-    stderr: () => stderr,
-    exited,
-    until: (needle, ms = 5000, stream = "stdout") =>
-      eventually(
-        `openssl ${args[0]}: waiting for ${JSON.stringify(needle)} on ${stream} (stdout ${JSON.stringify(stdout)}, stderr ${JSON.stringify(stderr)})`,
-        () => (stream === "stdout" ? stdout : stderr).includes(needle),
-        ms
-      )
+    child: daemon.child,
+    stdout: daemon.stdout,
+    stderr: daemon.stderr,
+    exited: daemon.exited.then(({ code, signal }) => code ?? signal ?? "unknown"),
+    until: async (needle, ms = 5000, stream = "stdout") => {
+      await daemon.waitForOutput(needle, { stream, timeoutMs: ms })
+    }
   }
 }
 

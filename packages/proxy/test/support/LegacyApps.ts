@@ -4,6 +4,7 @@
  * echo server. Each records what it received, so tests can assert what the app never saw.
  * The session functions run on any Duplex, so the STARTTLS-capable remotes reuse them over TLS.
  */
+import * as TestNet from "@sleeve/testing/Net"
 import * as net from "node:net"
 import type { Duplex } from "node:stream"
 
@@ -36,16 +37,12 @@ export const listen = async (session: (socket: net.Socket, received: Array<strin
     })
     session(socket, received)
   })
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = await TestNet.listen(server)
   return {
-    port: (server.address() as net.AddressInfo).port,
+    port,
     received,
     closed: (n = 1) => (closedCount >= n ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))),
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      })
+    close: () => TestNet.close(server, sockets)
   }
 }
 

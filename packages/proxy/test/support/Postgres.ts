@@ -17,9 +17,10 @@
  * Test-only: trust authentication and `fsync = off` are fine for a cluster that lives for a few
  * seconds on loopback, and nowhere else.
  */
-import { execFile, spawn } from "node:child_process"
+import { freePort } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
+import { execFile } from "node:child_process"
 import * as Fs from "node:fs"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { promisify } from "node:util"
@@ -75,17 +76,6 @@ const runServerCommand = (bin: string, args: ReadonlyArray<string>) =>
   asRoot
     ? exec("runuser", ["-u", "postgres", "--", bin, ...args], { timeout: 30_000, cwd: Os.tmpdir() })
     : exec(bin, [...args], { timeout: 30_000, cwd: Os.tmpdir() })
-
-/** A TCP port that was free a moment ago (PostgreSQL needs a number, not port 0). */
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const probe = Net.createServer()
-    probe.once("error", reject)
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as Net.AddressInfo
-      probe.close(() => resolve(port))
-    })
-  })
 
 let ids: { readonly uid: number; readonly gid: number } | undefined
 const postgresIds = (): { readonly uid: number; readonly gid: number } => {
@@ -160,7 +150,8 @@ export const start = async (options: Options = {}): Promise<Server> => {
         "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n"
       )
     }
-    // A port picked now may be taken before the server binds it: try a few.
+    // PostgreSQL needs a port number, not port 0; one picked now may be taken before the
+    // server binds it: try a few.
     for (let attempt = 1; ; attempt++) {
       const port = await freePort()
       try {
@@ -201,24 +192,19 @@ export const start = async (options: Options = {}): Promise<Server> => {
  * Runs `psql` with a connection string and one SQL command, unaligned and tuples-only output,
  * no `~/.psqlrc`. Never waits longer than `timeoutMs`.
  */
-export const psql = (conninfo: string, sql: string, timeoutMs = 10_000): Promise<PsqlResult> =>
-  new Promise((resolve) => {
-    const child = spawn("psql", ["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql], {
-      stdio: ["ignore", "pipe", "pipe"],
+export const psql = async (conninfo: string, sql: string, timeoutMs = 10_000): Promise<PsqlResult> => {
+  const { code, stdout, stderr } = await Process.run(
+    "psql",
+    ["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql],
+    {
+      timeoutMs,
       // Only the connection string decides: no PGHOST, PGSSLMODE, ... from the environment.
       env: {
         ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("PG"))),
         PGCONNECT_TIMEOUT: "5",
         PGAPPNAME: "sleeve-test"
       }
-    })
-    const out: Array<Buffer> = []
-    const err: Array<Buffer> = []
-    child.stdout.on("data", (c: Buffer) => out.push(c))
-    child.stderr.on("data", (c: Buffer) => err.push(c))
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs)
-    child.on("close", (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") })
-    })
-  })
+    }
+  )
+  return { code, stdout, stderr }
+}

@@ -14,6 +14,7 @@
  *
  * Test-only; it listens on 127.0.0.1, port 0.
  */
+import { close, listen } from "@sleeve/testing/Net"
 import * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
@@ -213,18 +214,14 @@ export const start = async (options: Options = {}): Promise<SmtpRecorder> => {
     })
     serve(raw, ++accepted)
   })
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = await listen(server)
   return {
-    port: (server.address() as Net.AddressInfo).port,
+    port,
     commands,
     mails,
     injected,
     connections: () => accepted,
     closed: (n = 1) => (closedCount >= n ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))),
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      })
+    close: () => close(server, sockets)
   }
 }

@@ -1,9 +1,13 @@
 /**
  * A minimal Sleeve for the STARTTLS integration tests: a listener that runs
  * `StarttlsSession.runServerSide` / `runClientSide` on each connection with real TLS upgrades,
- * then relays both ways. Plus an `openssl s_client` runner and a buffered socket reader.
+ * then relays both ways. Plus what the clients of those tests need, with a listener of the real
+ * runtime as with this one: an `openssl s_client -starttls` runner and its arguments, a TLS
+ * client on an already-negotiated socket, the raw LDAP and PostgreSQL messages a legacy client
+ * sends, and a buffered socket reader.
  */
-import { spawn } from "node:child_process"
+import { close, listen } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
 import * as net from "node:net"
 import type { Duplex } from "node:stream"
 import * as tls from "node:tls"
@@ -30,17 +34,23 @@ export const serverUpgrade =
     })
   }
 
-/** The client-role upgrade: verify the server against the test CA as "localhost". */
-export const clientUpgrade =
-  (pki: Pki) =>
+/**
+ * A TLS client on an already-negotiated raw socket, verifying the server against `caPem` as
+ * "localhost"; rejects when the handshake fails or the connection closes first.
+ */
+export const secureClient =
+  (caPem: string) =>
   (raw: net.Socket): Promise<tls.TLSSocket> => {
-    const secure = tls.connect({ socket: raw, ca: pki.caPem, servername: "localhost" })
+    const secure = tls.connect({ socket: raw, ca: caPem, servername: "localhost" })
     return new Promise((resolve, reject) => {
       secure.once("secureConnect", () => resolve(secure))
       secure.on("error", reject)
       secure.once("close", () => reject(new Error("connection closed during the TLS handshake")))
     })
   }
+
+/** The client-role upgrade: verify the server against the test CA as "localhost". */
+export const clientUpgrade = (pki: Pki): ((raw: net.Socket) => Promise<tls.TLSSocket>) => secureClient(pki.caPem)
 
 /** A running test Sleeve. */
 export interface Sleeve {
@@ -99,16 +109,8 @@ export const startSleeve = async (options: {
     track(inbound)
     sessions.push(handle(inbound))
   })
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    sessions,
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      })
-  }
+  const port = await listen(server)
+  return { port, sessions, close: () => close(server, sockets) }
 }
 
 /** Relay both ways with end propagation; an error on either side tears both down. */
@@ -132,25 +134,62 @@ export interface SClientResult {
 }
 
 /** Run `openssl s_client` with `args`, feeding `input` on stdin (read after the handshake). */
-export const sClient = (
+export const sClient = async (
   args: ReadonlyArray<string>,
   input: string | Buffer,
   timeoutMs = 4000
-): Promise<SClientResult> =>
-  new Promise((resolve) => {
-    const child = spawn("openssl", ["s_client", ...args], { stdio: "pipe" })
-    const out: Array<Buffer> = []
-    const err: Array<Buffer> = []
-    child.stdout.on("data", (c: Buffer) => out.push(c))
-    child.stderr.on("data", (c: Buffer) => err.push(c))
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs)
-    child.on("close", (code) => {
-      clearTimeout(timer)
-      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString("latin1") })
-    })
-    child.stdin.on("error", () => {})
-    child.stdin.end(input)
-  })
+): Promise<SClientResult> => {
+  // latin1 keeps every byte: the binary protocols' answers are compared as bytes.
+  const r = await Process.run("openssl", ["s_client", ...args], { input, timeoutMs, encoding: "latin1" })
+  return { code: r.code, stdout: Buffer.from(r.stdout, "latin1"), stderr: r.stderr }
+}
+
+/**
+ * `s_client` arguments for `-starttls <starttls>` to 127.0.0.1:`port`, verifying the chain against
+ * `caFile` and the host name `localhost` strictly, and not quitting at the end of stdin.
+ */
+export const sClientArgs = (
+  caFile: string,
+  starttls: string,
+  port: number,
+  extra: ReadonlyArray<string> = []
+): Array<string> => [
+  "-starttls",
+  starttls,
+  "-connect",
+  `127.0.0.1:${port}`,
+  "-CAfile",
+  caFile,
+  "-verify_return_error",
+  "-servername",
+  "localhost",
+  "-verify_hostname",
+  "localhost",
+  "-ign_eof",
+  ...extra
+]
+
+// ---------------------------------------------------------------------------------------------
+// What legacy clients send
+// ---------------------------------------------------------------------------------------------
+
+/** An LDAP simple BindRequest (`cn=x`, password `pw`) with a one-byte messageID. */
+export const ldapBind = (id: number): Buffer =>
+  Buffer.from(`30120201${id.toString(16).padStart(2, "0")}600d0201030404636e3d7880027077`, "hex")
+/** An LDAP UnbindRequest with a one-byte messageID. */
+export const ldapUnbind = (id: number): Buffer => Buffer.from(`30050201${id.toString(16).padStart(2, "0")}4200`, "hex")
+
+/** A PostgreSQL StartupMessage (protocol 3.0) for `user` and database `db`. */
+export const pgStartup = (user: string): Buffer => {
+  const body = Buffer.concat([Buffer.from("00030000", "hex"), Buffer.from(`user\0${user}\0database\0db\0\0`)])
+  const length = Buffer.alloc(4)
+  length.writeUInt32BE(body.length + 4)
+  return Buffer.concat([length, body])
+}
+/** The PostgreSQL SSLRequest. */
+export const pgSslRequest: Buffer = Buffer.from("0000000804d2162f", "hex")
+/** The PostgreSQL Terminate message. */
+export const pgTerminate: Buffer = Buffer.from("X\0\0\0\x04", "latin1")
 
 /** A buffered reader over a stream: wait until the received bytes satisfy a condition. */
 export interface Reader {
