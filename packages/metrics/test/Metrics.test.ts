@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Exposition from "@sleeve/testing/Exposition"
 import { Effect, Layer } from "effect"
 import { TestClock } from "effect/testing"
 import * as Prom from "prom-client"
@@ -9,30 +10,20 @@ import * as Metrics from "../src/Metrics.ts"
 // ---------------------------------------------------------------------------------------------
 
 /** `name{a="1",b="2"}` with labels sorted by name, so keys do not depend on emission order. */
-const key = (name: string, labels: Readonly<Record<string, string>> = {}): string => {
-  const pairs = Object.entries(labels)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([k, v]) => `${k}="${v}"`)
-  return pairs.length === 0 ? name : `${name}{${pairs.join(",")}}`
-}
-
-const sampleLine = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/
-const labelPair = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g
+const key = Exposition.seriesKey
 
 /** Every `sleeve_*` sample of a text exposition, by `key`. */
 const parse = (text: string): Map<string, number> => {
   const samples = new Map<string, number>()
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("#")) continue
-    const m = sampleLine.exec(line)
-    assert.isNotNull(m, `unparsable exposition line: ${line}`)
-    const [, name, labelText, value] = m!
-    if (!name!.startsWith("sleeve_")) continue
-    const labels: Record<string, string> = {}
-    for (const [, k, v] of (labelText ?? "").matchAll(labelPair)) labels[k!] = v!
-    const k = key(name!, labels)
+    const sample = Exposition.decodeLine(line)
+    assert.isDefined(sample, `unparsable exposition line: ${line}`)
+    const { name, labels, value } = sample!
+    if (!name.startsWith("sleeve_")) continue
+    const k = key(name, labels)
     assert.isFalse(samples.has(k), `duplicate sample ${k}`)
-    samples.set(k, value === "+Inf" ? Number.POSITIVE_INFINITY : Number(value))
+    samples.set(k, value)
   }
   return samples
 }

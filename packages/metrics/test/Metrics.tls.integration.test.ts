@@ -6,10 +6,12 @@
  * which one. Certificates are throwaway, made with the `openssl` CLI in a temporary directory.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { listen } from "@sleeve/testing/Net"
+import * as Process from "@sleeve/testing/Process"
+import { within } from "@sleeve/testing/Wait"
 import { Effect } from "effect"
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
-import type * as net from "node:net"
 import { createServer as createTcpServer, connect as tcpConnect } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -106,27 +108,6 @@ interface Side {
   secure: boolean
 }
 
-const deadline = <A>(what: string, ms: number, promise: Promise<A>): Promise<A> =>
-  new Promise<A>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: no outcome within ${ms} ms`)), ms)
-    promise.then(
-      (a) => {
-        clearTimeout(timer)
-        resolve(a)
-      },
-      (e) => {
-        clearTimeout(timer)
-        reject(e)
-      }
-    )
-  })
-
-const listen = (server: net.Server) =>
-  new Promise<number>((resolve, reject) => {
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => resolve((server.address() as net.AddressInfo).port))
-  })
-
 /** A Node TLS client; settles when its socket has closed. */
 const nodeClient = (port: number, options: tls.ConnectionOptions) =>
   new Promise<Side>((resolve) => {
@@ -161,8 +142,8 @@ const nodePair = async (serverOptions: tls.TlsOptions, clientOptions: tls.Connec
   server.on("tlsClientError", (error: TlsError) => settle({ secure: false, error }))
   try {
     const port = await listen(server)
-    const client = await deadline("client", 5000, nodeClient(port, clientOptions))
-    return { server: await deadline("server", 5000, serverSide), client }
+    const client = await within("client", 5000, nodeClient(port, clientOptions))
+    return { server: await within("server", 5000, serverSide), client }
   } finally {
     server.close()
   }
@@ -182,53 +163,39 @@ const nodeSocketServer = async (options: tls.TlsOptions, runPeer: (port: number)
   })
   try {
     const port = await listen(server)
-    await deadline("peer", 10_000, runPeer(port))
-    return await deadline("server", 5000, serverSide)
+    await within("peer", 10_000, runPeer(port))
+    return await within("server", 5000, serverSide)
   } finally {
     server.close()
   }
 }
 
 /** `openssl s_client` that verifies strictly and so sends an alert when it rejects. */
-const sClient = (port: number, ...args: ReadonlyArray<string>) =>
-  new Promise<number | null>((resolve, reject) => {
-    const child = spawn(
+const sClient = async (port: number, ...args: ReadonlyArray<string>): Promise<number | null> =>
+  (
+    await Process.run(
       "openssl",
       ["s_client", "-connect", `127.0.0.1:${port}`, "-servername", "localhost", "-verify_return_error", ...args],
-      { cwd: dir, stdio: ["pipe", "ignore", "ignore"] }
+      { cwd: dir }
     )
-    child.on("error", reject)
-    child.stdin.end()
-    child.on("close", resolve)
-  })
+  ).code
 
 /** `openssl s_server` for one connection, requiring a client certificate from `ca`. */
 const sServerRequiringClientCert = async (clientOptions: tls.ConnectionOptions) => {
-  const child = spawn(
+  const server = Process.startDaemon(
     "openssl",
     (
       "s_server -accept 127.0.0.1:0 -naccept 1 -cert server.pem -key server.key " +
       "-Verify 1 -verify_return_error -CAfile ca.pem"
     ).split(" "),
-    { cwd: dir, stdio: ["pipe", "pipe", "ignore"] }
+    { cwd: dir, stdin: "pipe" }
   )
   try {
-    const port = await deadline(
-      "s_server",
-      10_000,
-      new Promise<number>((resolve, reject) => {
-        let out = ""
-        child.on("error", reject)
-        child.stdout.on("data", (chunk: Buffer) => {
-          out += chunk.toString()
-          const m = /ACCEPT 127\.0\.0\.1:(\d+)/.exec(out)
-          if (m !== null) resolve(Number(m[1]))
-        })
-      })
-    )
-    return await deadline("client", 5000, nodeClient(port, { ca: read("ca.pem"), ...clientOptions }))
+    const accept = /ACCEPT 127\.0\.0\.1:(\d+)/
+    const port = Number(accept.exec(await server.waitForOutput(accept, { timeoutMs: 10_000 }))?.[1])
+    return await within("client", 5000, nodeClient(port, { ca: read("ca.pem"), ...clientOptions }))
   } finally {
-    child.kill()
+    await server.stop()
   }
 }
 
@@ -389,7 +356,7 @@ describe("classifyTlsError with real handshakes (Node 24, OpenSSL 3)", () => {
       const port = await listen(server)
       const silent = tcpConnect(port, "127.0.0.1")
       silent.on("error", () => {})
-      const error = await deadline("server", 5000, seen)
+      const error = await within("server", 5000, seen)
       silent.destroy()
       expectFailure({ secure: false, error }, "ERR_TLS_HANDSHAKE_TIMEOUT", "timeout")
     } finally {
@@ -404,7 +371,7 @@ describe("classifyTlsError with real handshakes (Node 24, OpenSSL 3)", () => {
         s.end("220 mail.example ESMTP ready and waiting\r\n")
       })
       try {
-        const client = await deadline("client", 5000, nodeClient(await listen(plain), { ca: read("ca.pem") }))
+        const client = await within("client", 5000, nodeClient(await listen(plain), { ca: read("ca.pem") }))
         expectFailure(client, "ERR_SSL_WRONG_VERSION_NUMBER", "protocol_version")
       } finally {
         plain.close()
