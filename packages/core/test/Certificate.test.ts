@@ -1,25 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Result } from "effect"
-import { execFile } from "node:child_process"
 import { generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto"
-import { promisify } from "node:util"
 // @sleeve/testing is not a dependency of core (it depends on core); import its source directly.
+import * as Openssl from "../../testing/src/Openssl.ts"
 import * as TestPki from "../../testing/src/TestPki.ts"
 import * as Certificate from "../src/Certificate.ts"
 import * as Dn from "../src/DistinguishedName.ts"
 import { x509 } from "../src/internal/x509.ts"
-
-const run = promisify(execFile)
-
-const openssl = async (...args: Array<string>): Promise<{ code: number; out: string }> => {
-  try {
-    const { stdout, stderr } = await run("openssl", args)
-    return { code: 0, out: stdout + stderr }
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string }
-    return { code: err.code ?? -1, out: (err.stdout ?? "") + (err.stderr ?? "") }
-  }
-}
 
 const one = (pem: string, source?: string): Certificate.Certificate => {
   const parsed = Certificate.parsePem(pem, source)
@@ -32,11 +19,6 @@ const failureOf = <A, E>(result: Result.Result<A, E>): E => {
   if (Result.isSuccess(result)) throw new Error("expected a failure")
   return result.failure
 }
-
-const opensslSubject = async (file: string, which: "-subject" | "-issuer") =>
-  (await openssl("x509", "-in", file, "-noout", which, "-nameopt", "RFC2253")).out
-    .trim()
-    .replace(/^(subject|issuer)=/, "")
 
 const seconds = (iso: string) => new Date(iso)
 
@@ -76,9 +58,9 @@ describe("Certificate", () => {
       const cert = one(leaf.certPem, leaf.certFile)
       const node = new X509Certificate(leaf.certPem)
       expect(cert.subjectString).toBe("CN=node1,OU=Mirror,O=Example Corp,C=US")
-      expect(cert.subjectString).toBe(await opensslSubject(leaf.certFile, "-subject"))
+      expect(cert.subjectString).toBe(await Openssl.dn(leaf.certFile, "subject"))
       expect(cert.issuerString).toBe("CN=Sleeve Issuing CA,O=Example Corp")
-      expect(cert.issuerString).toBe(await opensslSubject(leaf.certFile, "-issuer"))
+      expect(cert.issuerString).toBe(await Openssl.dn(leaf.certFile, "issuer"))
       expect(Dn.equals(cert.subject, Result.getOrThrow(Dn.parse("CN=node1,OU=Mirror,O=Example Corp,C=US")))).toBe(true)
       expect(Dn.format(cert.issuer)).toBe(cert.issuerString)
       expect(cert.serialNumber).toBe(node.serialNumber)
@@ -319,7 +301,7 @@ describe("Certificate", () => {
           ["server", "sslserver", "serverAuth"],
           ["client", "sslclient", "clientAuth"]
         ] as const) {
-          const verdict = await openssl("verify", "-purpose", purpose, "-CAfile", pki.caFile, id.certFile)
+          const verdict = await Openssl.verdict("verify", "-purpose", purpose, "-CAfile", pki.caFile, id.certFile)
           const result = Certificate.checkRoleUsage(cert, role)
           expect({ role, ok: Result.isSuccess(result) }).toEqual({ role, ok: verdict.code === 0 })
           if (Result.isFailure(result)) {

@@ -202,24 +202,15 @@ describe("openssl req -x509 certificates", () => {
     ["an emoji and a tab", "/CN=😀\tx"]
   ]
 
+  /** `openssl req -x509 … -subj <subj>` (multi-valued RDNs, UTF-8, one day) into `<name>.pem`. */
+  const selfSigned = (name: string, keyOptions: ReadonlyArray<string>, subj: string): string => {
+    const pem = join(dir, `${name}.pem`)
+    openssl(["req", "-x509", ...keyOptions, "-days", "1", "-multivalue-rdn", "-utf8", "-subj", subj, "-out", pem])
+    return pem
+  }
+
   it.each(subjects)("%s", (_label, subj) => {
-    const pem = join(dir, `req-${counter++}.pem`)
-    openssl([
-      "req",
-      "-config",
-      join(dir, "req.cnf"),
-      "-x509",
-      "-key",
-      join(dir, "key.pem"),
-      "-days",
-      "1",
-      "-multivalue-rdn",
-      "-utf8",
-      "-subj",
-      subj,
-      "-out",
-      pem
-    ])
+    const pem = selfSigned(`req-${counter++}`, ["-config", join(dir, "req.cnf"), "-key", join(dir, "key.pem")], subj)
     const printed = subjectOf(pem, "PEM")
     const dn = agree(printed, subjectDer(readFileSync(pem, "utf8")))
     expect(dn.rdns.length).toBeGreaterThan(0)
@@ -227,26 +218,17 @@ describe("openssl req -x509 certificates", () => {
 
   it("a fresh key with -newkey, and the trap really differs from a separate O RDN", () => {
     const make = (subj: string) => {
-      const pem = join(dir, `newkey-${counter++}.pem`)
-      openssl([
-        "req",
-        "-x509",
+      const name = `newkey-${counter++}`
+      const newKey = [
         "-newkey",
         "ec",
         "-pkeyopt",
         "ec_paramgen_curve:P-256",
         "-nodes",
         "-keyout",
-        join(dir, `newkey-${counter}.key`),
-        "-days",
-        "1",
-        "-multivalue-rdn",
-        "-utf8",
-        "-subj",
-        subj,
-        "-out",
-        pem
-      ])
+        join(dir, `${name}.key`)
+      ]
+      const pem = selfSigned(name, newKey, subj)
       const printed = subjectOf(pem, "PEM")
       return agree(printed, subjectDer(readFileSync(pem, "utf8")))
     }

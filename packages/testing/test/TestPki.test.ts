@@ -1,26 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
 import { createPrivateKey, createPublicKey, X509Certificate } from "node:crypto"
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as tls from "node:tls"
-import { promisify } from "node:util"
+import * as Openssl from "../src/Openssl.ts"
 import * as TestPki from "../src/TestPki.ts"
-
-const run = promisify(execFile)
-
-/** `openssl …` → { code, out } with stdout and stderr together (openssl prints verdicts on both). */
-const openssl = async (...args: Array<string>): Promise<{ code: number; out: string }> => {
-  try {
-    const { stdout, stderr } = await run("openssl", args)
-    return { code: 0, out: stdout + stderr }
-  } catch (e) {
-    const err = e as { code?: number; stdout?: string; stderr?: string }
-    return { code: err.code ?? -1, out: (err.stdout ?? "") + (err.stderr ?? "") }
-  }
-}
 
 interface HandshakeResult {
   readonly client: { readonly ok: boolean; readonly error?: string; readonly peerCN?: string | undefined }
@@ -78,7 +64,7 @@ const handshake = (serverOptions: tls.TlsOptions, clientOptions: tls.ConnectionO
 
 const extensionsText = async (certFile: string): Promise<string> =>
   (
-    await openssl(
+    await Openssl.verdict(
       "x509",
       "-in",
       certFile,
@@ -108,7 +94,7 @@ describe("TestPki", () => {
       subject: [{ CN: "node1" }, { OU: "Mirror" }, { O: "Example, Corp" }, { C: "US" }]
     })
     expect(leaf.subject).toBe("CN=node1,OU=Mirror,O=Example\\, Corp,C=US")
-    const printed = await openssl("x509", "-in", leaf.certFile, "-noout", "-subject", "-nameopt", "RFC2253")
+    const printed = await Openssl.verdict("x509", "-in", leaf.certFile, "-noout", "-subject", "-nameopt", "RFC2253")
     expect(printed.out.trim()).toBe(`subject=${leaf.subject}`)
     // The DER holds the reverse (ASN.1) order: C is the first RDN of the sequence.
     expect(new X509Certificate(leaf.certPem).subject.split("\n")).toEqual([
@@ -117,14 +103,16 @@ describe("TestPki", () => {
       "OU=Mirror",
       "CN=node1"
     ])
-    const issuer = await openssl("x509", "-in", leaf.certFile, "-noout", "-issuer", "-nameopt", "RFC2253")
+    const issuer = await Openssl.verdict("x509", "-in", leaf.certFile, "-noout", "-issuer", "-nameopt", "RFC2253")
     expect(issuer.out.trim()).toBe("issuer=CN=Test Root,O=Sleeve")
   })
 
   it("accepts a plain RFC 4514 string subject, a multi-valued RDN and defaults CN to the name", async () => {
     const fromString = await pki.leaf(root, { name: "strsubj", subject: "CN=db1,OU=Data,O=Example" })
     expect(
-      (await openssl("x509", "-in", fromString.certFile, "-noout", "-subject", "-nameopt", "RFC2253")).out.trim()
+      (
+        await Openssl.verdict("x509", "-in", fromString.certFile, "-noout", "-subject", "-nameopt", "RFC2253")
+      ).out.trim()
     ).toBe("subject=CN=db1,OU=Data,O=Example")
     const multi = await pki.leaf(root, { name: "multi", subject: [{ CN: "m", UID: "42" }, { DC: ["example"] }] })
     expect(multi.subject).toBe("CN=m+UID=42,DC=example")
@@ -155,7 +143,7 @@ describe("TestPki", () => {
     expect(Math.abs(node.validToDate.getTime() - (now + 30 * 86_400_000))).toBeLessThan(60_000)
 
     const ski = (f: string) =>
-      openssl("x509", "-in", f, "-noout", "-ext", "subjectKeyIdentifier,authorityKeyIdentifier")
+      Openssl.verdict("x509", "-in", f, "-noout", "-ext", "subjectKeyIdentifier,authorityKeyIdentifier")
     const leafIds = (await ski(leaf.certFile)).out
     const caIds = (await ski(intermediate.certFile)).out
     const caSki = /Subject Key Identifier:\s+([0-9A-F:]+)/.exec(caIds)?.[1]
@@ -191,10 +179,17 @@ describe("TestPki", () => {
 
   it("builds chains that `openssl verify` accepts only with the intermediate, and writes chain files", async () => {
     const leaf = await pki.leaf(intermediate, { name: "chained" })
-    const ok = await openssl("verify", "-CAfile", pki.caFile, "-untrusted", intermediate.certFile, leaf.certFile)
+    const ok = await Openssl.verdict(
+      "verify",
+      "-CAfile",
+      pki.caFile,
+      "-untrusted",
+      intermediate.certFile,
+      leaf.certFile
+    )
     expect(ok.code).toBe(0)
     expect(ok.out).toContain(`${leaf.certFile}: OK`)
-    const missing = await openssl("verify", "-CAfile", pki.caFile, leaf.certFile)
+    const missing = await Openssl.verdict("verify", "-CAfile", pki.caFile, leaf.certFile)
     expect(missing.code).not.toBe(0)
     expect(missing.out).toContain("unable to get local issuer certificate")
     expect(readFileSync(leaf.chainFile, "utf8")).toBe(leaf.certPem + intermediate.certPem)
@@ -276,7 +271,7 @@ describe("TestPki", () => {
     expect(result.client).toEqual({ ok: false, error: "CERT_HAS_EXPIRED" })
 
     const future = await pki.leaf(root, { name: "future", notBefore: new Date(Date.now() + day) })
-    const verdict = await openssl("verify", "-CAfile", pki.caFile, future.certFile)
+    const verdict = await Openssl.verdict("verify", "-CAfile", pki.caFile, future.certFile)
     expect(verdict.code).not.toBe(0)
     expect(verdict.out).toContain("certificate is not yet valid")
   })
@@ -297,8 +292,8 @@ describe("TestPki", () => {
       expect(id.keyPem.startsWith(c.header)).toBe(true)
       expect(id.keyPassword).toBe("p4ss")
       expect(readFileSync(id.keyFile, "utf8")).toBe(id.keyPem)
-      expect((await openssl("pkey", "-in", id.keyFile, "-passin", "pass:p4ss", "-noout")).code).toBe(0)
-      expect((await openssl("pkey", "-in", id.keyFile, "-passin", "pass:nope", "-noout")).code).not.toBe(0)
+      expect((await Openssl.verdict("pkey", "-in", id.keyFile, "-passin", "pass:p4ss", "-noout")).code).toBe(0)
+      expect((await Openssl.verdict("pkey", "-in", id.keyFile, "-passin", "pass:nope", "-noout")).code).not.toBe(0)
       const key = createPrivateKey({ key: id.keyPem, passphrase: "p4ss" })
       const fromKey = createPublicKey(key).export({ type: "spki", format: "der" })
       const fromCert = new X509Certificate(id.certPem).publicKey.export({ type: "spki", format: "der" })
