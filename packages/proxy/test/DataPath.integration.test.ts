@@ -22,12 +22,14 @@ import {
   makeCleanup,
   makeDataPki,
   makeReader,
+  originateTls,
   type ProxyUnderTest,
   probeTls,
   spawnOpenssl,
   startProxy,
   startTarget,
   startTlsTarget,
+  terminateTls,
   writeConfig
 } from "./support/DataPathHarness.ts"
 
@@ -46,25 +48,6 @@ const fresh = () => {
   return cleanup
 }
 
-/** A terminate listener's TLS entry: the proxy's certificate, mTLS with `authorizedPeers`. */
-const serverTls = (authorizedPeers: ReadonlyArray<string> = [pki.client.subject]) => ({
-  type: "server" as const,
-  certificateFile: pki.proxy.certFile,
-  privateKeyFile: pki.proxy.keyFile,
-  caFile: pki.ca.certFile,
-  verifyPeer: "require" as const,
-  authorizedPeers
-})
-
-/** An originate listener's TLS entry: the proxy's certificate as client, the target authorized. */
-const clientTlsEntry = (authorizedPeers: ReadonlyArray<string> = [pki.target.subject]) => ({
-  type: "client" as const,
-  certificateFile: pki.proxy.certFile,
-  privateKeyFile: pki.proxy.keyFile,
-  caFile: pki.ca.certFile,
-  authorizedPeers
-})
-
 const closedEvents = (proxy: ProxyUnderTest, listener: string) =>
   proxy.events().filter((e) => e.event === "closed" && e.listener === listener)
 
@@ -75,7 +58,7 @@ describe("terminate", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("terminate.json"), {
-        tls: { front: serverTls() },
+        tls: { front: terminateTls(pki) },
         listeners: [
           { name: "front", mode: "terminate", listen: "127.0.0.1:0", target: `127.0.0.1:${app.port}`, tls: "front" }
         ]
@@ -148,7 +131,7 @@ describe("originate", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("originate.json"), {
-        tls: { back: clientTlsEntry() },
+        tls: { back: originateTls(pki) },
         listeners: [
           {
             name: "back",
@@ -263,7 +246,7 @@ describe("half-close", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("half-terminate.json"), {
-        tls: { front: serverTls() },
+        tls: { front: terminateTls(pki) },
         listeners: [
           { name: "front", mode: "terminate", listen: "127.0.0.1:0", target: `127.0.0.1:${app.port}`, tls: "front" }
         ]
@@ -288,7 +271,7 @@ describe("half-close", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("half-originate.json"), {
-        tls: { back: clientTlsEntry() },
+        tls: { back: originateTls(pki) },
         listeners: [
           {
             name: "back",
@@ -347,7 +330,7 @@ describe("addresses", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("ipv6.json"), {
-        tls: { front: serverTls() },
+        tls: { front: terminateTls(pki) },
         listeners: [{ name: "v6", mode: "terminate", listen: "[::1]:0", target: `[::1]:${app.port}`, tls: "front" }]
       })
     )
@@ -376,7 +359,7 @@ describe("addresses", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("ipv6-out.json"), {
-        tls: { back: clientTlsEntry() },
+        tls: { back: originateTls(pki) },
         // No serverName: the target's literal IP is what the certificate must match.
         listeners: [
           { name: "v6-out", mode: "originate", listen: "[::1]:0", target: `[::1]:${remote.port}`, tls: "back" }
@@ -397,7 +380,7 @@ describe("addresses", () => {
     const proxy = await startProxy(
       c,
       writeConfig(pki.path("unix.json"), {
-        tls: { front: serverTls() },
+        tls: { front: terminateTls(pki) },
         listeners: [{ name: "unix", mode: "terminate", listen: "127.0.0.1:0", target: `unix:${path}`, tls: "front" }]
       })
     )
@@ -429,7 +412,7 @@ describe("event log", () => {
       writeConfig(pki.path("log.json"), {
         tls: {
           front: {
-            ...serverTls(),
+            ...terminateTls(pki),
             certificateFile: locked.certFile,
             privateKeyFile: locked.keyFile,
             privateKeyPassword: { env: "SLEEVE_DATAPATH_KEY_PASSWORD" }
@@ -498,7 +481,7 @@ describe("session resumption", () => {
     const file = pki.path("resume.json")
     const config = (authorizedPeers: ReadonlyArray<string>) =>
       writeConfig(file, {
-        tls: { front: serverTls(authorizedPeers) },
+        tls: { front: terminateTls(pki, authorizedPeers) },
         listeners: [
           { name: "front", mode: "terminate", listen: "127.0.0.1:0", target: `127.0.0.1:${app.port}`, tls: "front" }
         ]

@@ -26,6 +26,7 @@ import {
   startTarget,
   startTlsTarget,
   type Target,
+  terminateTls,
   writeConfig
 } from "./support/DataPathHarness.ts"
 
@@ -100,15 +101,7 @@ const terminate = async (
     cleanup,
     writeConfig(pki.path("rejections.json"), {
       tls: {
-        front: {
-          type: "server",
-          certificateFile: pki.proxy.certFile,
-          privateKeyFile: pki.proxy.keyFile,
-          caFile: pki.ca.certFile,
-          verifyPeer: "require",
-          authorizedPeers,
-          ...extra
-        }
+        front: { ...terminateTls(pki, authorizedPeers), ...extra }
       },
       listeners: [
         { name: "front", mode: "terminate", listen: "127.0.0.1:0", target: `127.0.0.1:${app.port}`, tls: "front" }

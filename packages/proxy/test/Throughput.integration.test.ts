@@ -21,6 +21,7 @@ import {
   startProxy,
   startTarget,
   type Target,
+  terminateTls,
   writeConfig
 } from "./support/DataPathHarness.ts"
 
@@ -69,14 +70,7 @@ const bulkProxy = async (target: Target): Promise<ProxyUnderTest> =>
     cleanup,
     writeConfig(pki.path("throughput.json"), {
       tls: {
-        bulk: {
-          type: "server",
-          certificateFile: pki.proxy.certFile,
-          privateKeyFile: pki.proxy.keyFile,
-          caFile: pki.ca.certFile,
-          verifyPeer: "require",
-          authorizedPeers: [pki.client.subject]
-        }
+        bulk: terminateTls(pki)
       },
       listeners: [
         { name: "bulk", mode: "terminate", listen: "127.0.0.1:0", target: `127.0.0.1:${target.port}`, tls: "bulk" }

@@ -109,6 +109,31 @@ export interface TlsEntry {
   readonly protocols?: { readonly min?: "TLSv1.2" | "TLSv1.3"; readonly max?: "TLSv1.2" | "TLSv1.3" }
 }
 
+/** A terminate listener's TLS entry: the proxy's certificate, mutual TLS with `authorizedPeers` (default: the client). */
+export const terminateTls = (
+  pki: DataPki,
+  authorizedPeers: ReadonlyArray<string> = [pki.client.subject]
+): TlsEntry => ({
+  type: "server",
+  certificateFile: pki.proxy.certFile,
+  privateKeyFile: pki.proxy.keyFile,
+  caFile: pki.ca.certFile,
+  verifyPeer: "require",
+  authorizedPeers
+})
+
+/** An originate listener's TLS entry: the proxy's certificate as client, `authorizedPeers` (default: the target). */
+export const originateTls = (
+  pki: DataPki,
+  authorizedPeers: ReadonlyArray<string> = [pki.target.subject]
+): TlsEntry => ({
+  type: "client",
+  certificateFile: pki.proxy.certFile,
+  privateKeyFile: pki.proxy.keyFile,
+  caFile: pki.ca.certFile,
+  authorizedPeers
+})
+
 /** A listener entry as written in the file. */
 export interface ListenerEntry {
   readonly name: string
