@@ -1,8 +1,9 @@
 /**
  * Loopback plumbing for tests: a free TCP port for programs that must be told a port number
  * (Prometheus, PostgreSQL, an admin endpoint written into a config), `listen` that resolves with
- * the bound port and fails on a bind error, and `close` that ends a server with the sockets it
- * still holds, so that `afterAll` never waits for a client that forgot to hang up.
+ * the bound port and fails on a bind error, `makeConnections` to keep a test server's live
+ * sockets and count the closed ones, and `close` that ends a server with the sockets it still
+ * holds, so that `afterAll` never waits for a client that forgot to hang up.
  *
  * What it deliberately does not do: reserve a port. `freePort` binds port 0 and releases it, so
  * another process may take the port before the program under test binds it; prefer port 0 and
@@ -49,3 +50,37 @@ export const close = (server: Net.Server, sockets: Iterable<Net.Socket> = []): P
     for (const socket of sockets) socket.destroy()
     server.close(() => resolve())
   })
+
+/** The connections a test server accepted: the live ones, and a wait for the n-th to close. */
+export interface Connections {
+  /** The sockets still open (pass it to {@link close}). */
+  readonly sockets: ReadonlySet<Net.Socket>
+  /**
+   * Keeps `socket` until it closes. Its errors are swallowed: resets and aborted handshakes are
+   * what these tests provoke, and the test asserts on what the peer saw instead.
+   */
+  readonly track: (socket: Net.Socket) => void
+  /** Resolves once `n` (default 1) tracked sockets have closed. */
+  readonly closed: (n?: number) => Promise<void>
+}
+
+/** An empty {@link Connections}. */
+export const makeConnections = (): Connections => {
+  const sockets = new Set<Net.Socket>()
+  let closedCount = 0
+  const waiters: Array<{ readonly n: number; readonly resolve: () => void }> = []
+  return {
+    sockets,
+    track: (socket) => {
+      sockets.add(socket)
+      socket.on("error", () => {})
+      socket.once("close", () => {
+        sockets.delete(socket)
+        closedCount++
+        for (const w of waiters.filter((w) => w.n <= closedCount)) w.resolve()
+      })
+    },
+    closed: (n = 1) =>
+      closedCount >= n ? Promise.resolve() : new Promise<void>((resolve) => waiters.push({ n, resolve }))
+  }
+}

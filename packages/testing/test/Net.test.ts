@@ -1,6 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Node from "node:net"
 import * as Net from "../src/Net.ts"
+import * as Wait from "../src/Wait.ts"
 
 describe("Net", () => {
   it("freePort gives a port that can be bound; listen resolves with the bound port; close ends live sockets", async () => {
@@ -17,6 +18,28 @@ describe("Net", () => {
     await Net.close(server, sockets)
     await closed
     expect(server.listening).toBe(false)
+  })
+
+  it("makeConnections keeps the live sockets and resolves when the n-th has closed", async () => {
+    const connections = Net.makeConnections()
+    const server = Node.createServer(connections.track)
+    const port = await Net.listen(server)
+    const connect = () =>
+      new Promise<Node.Socket>((resolve) => {
+        const c = Node.connect(port, "127.0.0.1", () => resolve(c))
+      })
+    const [a, b] = await Promise.all([connect(), connect()])
+    await Wait.eventually("both accepted", () => connections.sockets.size === 2)
+    let second = false
+    const bothClosed = connections.closed(2).then(() => (second = true))
+    a.destroy()
+    await connections.closed(1)
+    expect(connections.sockets.size).toBe(1)
+    expect(second).toBe(false)
+    b.destroy()
+    await bothClosed
+    expect(connections.sockets.size).toBe(0)
+    await Net.close(server, connections.sockets)
   })
 
   it("listen rejects when the port is taken", async () => {

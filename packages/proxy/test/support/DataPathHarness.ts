@@ -10,7 +10,7 @@
  * Nothing here is product code; it drives the product from the outside, as an operator would.
  */
 import * as Metrics from "@sleeve/metrics/Metrics"
-import { close, listen, type Where } from "@sleeve/testing/Net"
+import { close, listen, makeConnections, type Where } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { eventually, within } from "@sleeve/testing/Wait"
@@ -227,23 +227,21 @@ export const startTarget = async (
 ): Promise<Target> => {
   let accepts = 0
   const chunks: Array<Buffer> = []
-  const sockets = new Set<Net.Socket>()
+  const connections = makeConnections()
   const server = Net.createServer({ allowHalfOpen: true }, (s) => {
     accepts++
-    sockets.add(s)
-    s.on("error", () => {})
-    s.once("close", () => sockets.delete(s))
+    connections.track(s)
     s.on("data", (c: Buffer) => chunks.push(c))
     handle(s)
   })
-  cleanup.defer(() => close(server, sockets))
+  cleanup.defer(() => close(server, connections.sockets))
   const port = await listen(server, where)
   return {
     server,
     port,
     accepts: () => accepts,
     received: () => Buffer.concat(chunks),
-    sockets
+    sockets: connections.sockets
   }
 }
 
@@ -257,7 +255,7 @@ export const startTlsTarget = async (
   let accepts = 0
   let secured = 0
   const chunks: Array<Buffer> = []
-  const sockets = new Set<Net.Socket>()
+  const connections = makeConnections()
   const server = Tls.createServer({ ...options, allowHalfOpen: true }, (s) => {
     secured++
     s.on("data", (c: Buffer) => chunks.push(c))
@@ -265,12 +263,10 @@ export const startTlsTarget = async (
   })
   server.on("connection", (s: Net.Socket) => {
     accepts++
-    sockets.add(s)
-    s.on("error", () => {})
-    s.once("close", () => sockets.delete(s))
+    connections.track(s)
   })
   server.on("tlsClientError", () => {})
-  cleanup.defer(() => close(server, sockets))
+  cleanup.defer(() => close(server, connections.sockets))
   const port = await listen(server, where)
   return {
     server,
@@ -278,7 +274,7 @@ export const startTlsTarget = async (
     accepts: () => accepts,
     secured: () => secured,
     received: () => Buffer.concat(chunks),
-    sockets
+    sockets: connections.sockets
   }
 }
 

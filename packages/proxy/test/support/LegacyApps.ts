@@ -24,26 +24,13 @@ export interface Served {
 /** Listen on 127.0.0.1, port 0; run `session` for each connection. */
 export const listen = async (session: (socket: net.Socket, received: Array<string>) => void): Promise<Served> => {
   const received: Array<string> = []
-  const sockets = new Set<net.Socket>()
-  let closedCount = 0
-  const waiters: Array<{ n: number; resolve: () => void }> = []
+  const connections = TestNet.makeConnections()
   const server = net.createServer((socket) => {
-    sockets.add(socket)
-    socket.on("error", () => {})
-    socket.on("close", () => {
-      sockets.delete(socket)
-      closedCount++
-      for (const w of waiters.filter((w) => w.n <= closedCount)) w.resolve()
-    })
+    connections.track(socket)
     session(socket, received)
   })
   const port = await TestNet.listen(server)
-  return {
-    port,
-    received,
-    closed: (n = 1) => (closedCount >= n ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))),
-    close: () => TestNet.close(server, sockets)
-  }
+  return { port, received, closed: connections.closed, close: () => TestNet.close(server, connections.sockets) }
 }
 
 /** Call `onLine` for each received line (terminator stripped); returns a detach function. */

@@ -14,7 +14,7 @@
  *
  * Test-only; it listens on 127.0.0.1, port 0.
  */
-import { close, listen } from "@sleeve/testing/Net"
+import { close, listen, makeConnections } from "@sleeve/testing/Net"
 import * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
@@ -81,10 +81,8 @@ export const start = async (options: Options = {}): Promise<SmtpRecorder> => {
   const commands: Array<Command> = []
   const mails: Array<Mail> = []
   const injected: Array<string> = []
-  const sockets = new Set<Net.Socket>()
+  const connections = makeConnections()
   let accepted = 0
-  let closedCount = 0
-  const waiters: Array<{ readonly n: number; readonly resolve: () => void }> = []
 
   const serve = (raw: Net.Socket, connection: number) => {
     let stream: Duplex = raw
@@ -205,13 +203,7 @@ export const start = async (options: Options = {}): Promise<SmtpRecorder> => {
   }
 
   const server = Net.createServer((raw) => {
-    sockets.add(raw)
-    raw.on("error", () => {})
-    raw.once("close", () => {
-      sockets.delete(raw)
-      closedCount++
-      for (const w of waiters.filter((w) => w.n <= closedCount)) w.resolve()
-    })
+    connections.track(raw)
     serve(raw, ++accepted)
   })
   const port = await listen(server)
@@ -221,7 +213,7 @@ export const start = async (options: Options = {}): Promise<SmtpRecorder> => {
     mails,
     injected,
     connections: () => accepted,
-    closed: (n = 1) => (closedCount >= n ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve }))),
-    close: () => close(server, sockets)
+    closed: connections.closed,
+    close: () => close(server, connections.sockets)
   }
 }

@@ -6,7 +6,7 @@
  * client on an already-negotiated socket, the raw LDAP and PostgreSQL messages a legacy client
  * sends, and a buffered socket reader.
  */
-import { close, listen } from "@sleeve/testing/Net"
+import { close, listen, makeConnections } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as net from "node:net"
 import type { Duplex } from "node:stream"
@@ -68,12 +68,8 @@ export const startSleeve = async (options: {
   readonly negotiator: Omit<Starttls.NegotiatorOptions, "side">
 }): Promise<Sleeve> => {
   const sessions: Array<Promise<Outcome>> = []
-  const sockets = new Set<net.Socket>()
-  const track = (s: net.Socket) => {
-    sockets.add(s)
-    s.on("error", () => {})
-    s.once("close", () => sockets.delete(s))
-  }
+  const connections = makeConnections()
+  const track = connections.track
   const handle = async (inbound: net.Socket): Promise<Outcome> => {
     const outbound = net.connect(options.target, "127.0.0.1")
     track(outbound)
@@ -110,7 +106,7 @@ export const startSleeve = async (options: {
     sessions.push(handle(inbound))
   })
   const port = await listen(server)
-  return { port, sessions, close: () => close(server, sockets) }
+  return { port, sessions, close: () => close(server, connections.sockets) }
 }
 
 /** Relay both ways with end propagation; an error on either side tears both down. */
