@@ -22,6 +22,7 @@ import * as Tls from "node:tls"
 import { request } from "undici"
 import { type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
 import { run } from "../support/Sleeve.ts"
+import { exchange as exchangeAs } from "../support/TlsClient.ts"
 
 let pki: TestPki.TestPki
 let root: TestPki.Identity
@@ -78,38 +79,8 @@ const hs = (listener: string, result: string) =>
 const failure = (listener: string, reason: string) =>
   `sleeve_tls_handshake_failures_total{listener="${listener}",role="server",reason="${reason}"}`
 
-/** What one TLS client connection saw, once it closed. */
-interface Exchange {
-  readonly secured: boolean
-  readonly echoed: string
-  readonly error: string | undefined
-}
-
-/**
- * Connects to a listener as `who` (trusting the test root), and once secured sends `message`
- * and waits for its echo; resolves when the connection has closed.
- */
-const exchange = (port: number, who: TestPki.Identity, message = "ping\n"): Promise<Exchange> =>
-  new Promise((resolve) => {
-    let secured = false
-    let echoed = ""
-    let error: string | undefined
-    const socket = Tls.connect({ host: "127.0.0.1", port, ca: root.certPem, cert: who.certPem, key: who.keyPem })
-    socket.setEncoding("utf8")
-    socket.on("secureConnect", () => {
-      secured = true
-      socket.write(message)
-    })
-    socket.on("data", (d: string) => {
-      echoed += d
-      if (echoed === message) socket.end()
-    })
-    socket.on("error", (e: NodeJS.ErrnoException) => {
-      error = e.code ?? e.message
-    })
-    socket.on("close", () => resolve({ secured, echoed, error }))
-    socket.setTimeout(10_000, () => socket.destroy(new Error("client timeout")))
-  })
+/** One mutual-TLS exchange with a listener as `who`, trusting the test root. */
+const exchange = (port: number, who: TestPki.Identity) => exchangeAs(port, root.certPem, who)
 
 /** Replaces the configuration file in one step (a rename), so the watcher sees one change. */
 const replaceConfig = async (text: string) => {

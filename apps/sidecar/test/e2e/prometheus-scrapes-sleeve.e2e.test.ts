@@ -13,9 +13,9 @@ import { listen } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { waitUntil } from "@sleeve/testing/Wait"
 import * as Net from "node:net"
-import * as Tls from "node:tls"
 import { fileURLToPath } from "node:url"
 import { type Prometheus, type SleeveDaemon, startPrometheus, startSleeve } from "../support/Prometheus.ts"
+import { exchange } from "../support/TlsClient.ts"
 
 const rulesFile = fileURLToPath(new URL("../../../../infra/prometheus/sleeve.rules.yml", import.meta.url))
 const alertNames = [
@@ -32,22 +32,6 @@ let root: TestPki.Identity
 let echo: Net.Server
 let sleeve: SleeveDaemon | undefined
 let prometheus: Prometheus | undefined
-
-/** One mutual-TLS exchange as `who`; resolves with whether the echo came back. */
-const exchange = (port: number, who: TestPki.Identity): Promise<boolean> =>
-  new Promise((resolve) => {
-    let echoed = ""
-    const socket = Tls.connect({ host: "127.0.0.1", port, ca: root.certPem, cert: who.certPem, key: who.keyPem })
-    socket.setEncoding("utf8")
-    socket.on("secureConnect", () => socket.write("ping\n"))
-    socket.on("data", (d: string) => {
-      echoed += d
-      if (echoed === "ping\n") socket.end()
-    })
-    socket.on("error", () => {})
-    socket.on("close", () => resolve(echoed === "ping\n"))
-    socket.setTimeout(10_000, () => socket.destroy())
-  })
 
 beforeAll(async () => {
   pki = await TestPki.make()
@@ -105,7 +89,8 @@ describe("Prometheus scrapes sleeve run", { timeout: 40_000 }, () => {
     const mallory = await pki.leaf(root, { name: "mallory" })
     const port = sleeve!.listeners.in!.port
     const results = []
-    for (const who of [alice, mallory, alice, mallory, alice]) results.push(await exchange(port, who))
+    for (const who of [alice, mallory, alice, mallory, alice])
+      results.push((await exchange(port, root.certPem, who)).echoed === "ping\n")
     expect(results).toEqual([true, false, true, false, true])
     // Sleeve has recorded all five (the last log line of each is `closed`)...
     await waitUntil("Sleeve to close the five connections", () =>
