@@ -1,5 +1,6 @@
 import { afterAll, afterEach, assert, beforeAll, describe, it } from "@effect/vitest"
 import { listen as listenOn } from "@sleeve/testing/Net"
+import { sleep } from "@sleeve/testing/Wait"
 import * as net from "node:net"
 import * as Starttls from "../src/Starttls.ts"
 import * as StarttlsSession from "../src/StarttlsSession.ts"
@@ -63,7 +64,7 @@ const sleeve = async (
 }
 
 const outcome = async (s: Sleeve, index = 0): Promise<Outcome> => {
-  for (let i = 0; i < 50 && s.sessions[index] === undefined; i++) await new Promise((r) => setTimeout(r, 10))
+  for (let i = 0; i < 50 && s.sessions[index] === undefined; i++) await sleep(10)
   const session = s.sessions[index]
   assert.isDefined(session, "no session was accepted")
   return session!
@@ -424,7 +425,7 @@ describe("runner", () => {
   }
 
   const buffered = async (socket: net.Socket, length: number) => {
-    for (let i = 0; i < 100 && socket.readableLength < length; i++) await new Promise((r) => setTimeout(r, 5))
+    for (let i = 0; i < 100 && socket.readableLength < length; i++) await sleep(5)
     assert.strictEqual(socket.readableLength, length)
   }
 
