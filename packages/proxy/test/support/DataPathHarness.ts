@@ -20,11 +20,9 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import type * as ProxyRuntime from "../../src/ProxyRuntime.ts"
-import * as ProxyUnderTestModule from "./ProxyUnderTest.ts"
+import { type ProxyUnderTest, start as startProxyUnderTest } from "./ProxyUnderTest.ts"
 
 export type { LoggedEvent, ProxyUnderTest } from "./ProxyUnderTest.ts"
-
-type ProxyUnderTest = ProxyUnderTestModule.ProxyUnderTest
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup
@@ -161,13 +159,13 @@ export const writeConfig = (file: string, config: ConfigEntry): string => {
   return file
 }
 
-/** {@link ProxyUnderTestModule.start}, drained (deadline 0) when `cleanup` runs. */
+/** `ProxyUnderTest.start`, drained (deadline 0) when `cleanup` runs. */
 export const startProxy = async (
   cleanup: Cleanup,
   file: string,
   options: ProxyRuntime.ActivateOptions = {}
 ): Promise<ProxyUnderTest> => {
-  const proxy = await ProxyUnderTestModule.start(file, options)
+  const proxy = await startProxyUnderTest(file, options)
   cleanup.defer(() => proxy.running.drain(0))
   return proxy
 }
