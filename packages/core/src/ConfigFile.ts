@@ -69,6 +69,7 @@ const ListenerSchema = Schema.Struct({
   maxCleartextBytes: Schema.optionalKey(Schema.Int),
   line: Schema.optionalKey(Schema.Struct({ command: Schema.NonEmptyString, reply: Schema.NonEmptyString })),
   clientName: Schema.optionalKey(Schema.NonEmptyString),
+  negotiationTimeout: Schema.optionalKey(DurationInput),
   // limits and timeouts
   handshakeTimeout: Schema.optionalKey(DurationInput),
   idleTimeout: Schema.optionalKey(DurationInput),
@@ -152,6 +153,8 @@ export interface Listener {
         readonly maxCleartextBytes: number
         readonly line: { readonly command: string; readonly reply: string } | undefined
         readonly clientName: string
+        /** Bounds the whole plaintext phase, from accept to the TLS handshake. */
+        readonly negotiationTimeoutMs: number
       }
     | undefined
   readonly handshakeTimeoutMs: number
@@ -186,6 +189,7 @@ export const defaults = {
   connectTimeoutMs: 10_000,
   maxConnections: 1024,
   maxCleartextBytes: 65_536,
+  negotiationTimeoutMs: 60_000,
   drainTimeoutMs: 30_000,
   expiryWarningMs: 14 * 86_400_000,
   adminListen: "127.0.0.1:9464"
@@ -572,7 +576,15 @@ const decodeListener = (
     )
   }
 
-  const starttlsOnly = ["protocol", "side", "requireTls", "maxCleartextBytes", "line", "clientName"] as const
+  const starttlsOnly = [
+    "protocol",
+    "side",
+    "requireTls",
+    "maxCleartextBytes",
+    "line",
+    "clientName",
+    "negotiationTimeout"
+  ] as const
   if (l.mode !== "starttls") {
     for (const k of starttlsOnly) if (l[k] !== undefined) err(k, `only applies to mode: starttls`)
   } else if (l.protocol === undefined) {
@@ -612,6 +624,13 @@ const decodeListener = (
   const handshakeTimeoutMs = dur("handshakeTimeout", defaults.handshakeTimeoutMs)
   const idleTimeoutMs = dur("idleTimeout", defaults.idleTimeoutMs)
   const connectTimeoutMs = dur("connectTimeout", defaults.connectTimeoutMs)
+  const negotiationTimeoutMs = durationOr(
+    l.negotiationTimeout,
+    defaults.negotiationTimeoutMs,
+    "negotiationTimeout",
+    err
+  )
+  if (negotiationTimeoutMs === 0) err("negotiationTimeout", "must be above 0")
   if (handshakeTimeoutMs === 0) err("handshakeTimeout", "must be above 0")
   if (connectTimeoutMs === 0) err("connectTimeout", "must be above 0")
 
@@ -633,7 +652,8 @@ const decodeListener = (
             requireTls: l.requireTls ?? true,
             maxCleartextBytes: l.maxCleartextBytes ?? defaults.maxCleartextBytes,
             line: l.line,
-            clientName: l.clientName ?? "localhost"
+            clientName: l.clientName ?? "localhost",
+            negotiationTimeoutMs
           }
         : undefined,
     handshakeTimeoutMs,

@@ -274,7 +274,8 @@ listeners:
       requireTls: true,
       maxCleartextBytes: 65_536,
       line: undefined,
-      clientName: "localhost"
+      clientName: "localhost",
+      negotiationTimeoutMs: 60_000
     })
     expect(smtp?.handshakeTimeoutMs).toBe(10_000)
     expect(smtp?.idleTimeoutMs).toBe(3_600_000)
@@ -785,7 +786,8 @@ expiryWarning: 30 days
       requireTls: false,
       maxCleartextBytes: 1024,
       line: { command: "STARTTLS", reply: "OK go" },
-      clientName: "sleeve.example.com"
+      clientName: "sleeve.example.com",
+      negotiationTimeoutMs: 60_000
     })
   })
 
@@ -946,6 +948,36 @@ tls:
     ).toEqual([
       'sleeve.yaml: tls.Mirror.verifyPeer: a mirror configuration authenticates its peer both ways: expected "require", got "request"',
       "sleeve.yaml: tls.Mirror.certificateFile: a mirror configuration needs certificateFile and privateKeyFile"
+    ])
+  })
+})
+
+describe("negotiationTimeout (starttls)", () => {
+  const withListener = (extra: string, mode = "starttls") => `
+tls:
+  S:
+    type: server
+    certificateFile: s.crt
+    privateKeyFile: s.key
+listeners:
+  - name: l
+    mode: ${mode}
+    listen: "127.0.0.1:2525"
+    target: "127.0.0.1:25"
+    tls: S
+${mode === "starttls" ? "    protocol: smtp\n" : ""}${extra}`
+  it("defaults to 60 s and accepts a duration", () => {
+    expect(decoded(withListener("")).listeners[0]?.starttls?.negotiationTimeoutMs).toBe(60_000)
+    expect(decoded(withListener("    negotiationTimeout: 5s\n")).listeners[0]?.starttls?.negotiationTimeoutMs).toBe(
+      5000
+    )
+  })
+  it("only applies to mode: starttls and must be above 0", () => {
+    expect(problems(withListener("    negotiationTimeout: 5s\n", "terminate"))).toEqual([
+      "sleeve.yaml: listeners[0].negotiationTimeout: only applies to mode: starttls"
+    ])
+    expect(problems(withListener("    negotiationTimeout: 0s\n"))).toEqual([
+      "sleeve.yaml: listeners[0].negotiationTimeout: must be above 0"
     ])
   })
 })

@@ -412,10 +412,9 @@ export class RunningListener {
       line: st.line,
       clientName: st.clientName
     })
-    // The plaintext phase is bounded by the idle timeout (or the handshake timeout when idle is off).
+    // negotiationTimeout bounds the whole plaintext phase (a client that trickles bytes is cut too).
     const abort = new AbortController()
-    const limit =
-      current.listener.idleTimeoutMs > 0 ? current.listener.idleTimeoutMs : current.listener.handshakeTimeoutMs
+    const limit = st.negotiationTimeoutMs
     const timer = setTimeout(() => abort.abort(), limit)
     const [peer, app] = side === "server" ? [live.raw, other] : [other, live.raw]
     try {
