@@ -222,8 +222,16 @@ admin:
     const command = JSON.parse(one("runtime", "CMD")) as Array<string>
     const healthcheck = JSON.parse(one("runtime", "HEALTHCHECK").replace(/^.*? CMD /, "")) as [string, ...Array<string>]
     // ENTRYPOINT and HEALTHCHECK name `node` and `/app/main.js`: here, the repo's Node 24 and the folder above.
+    // The image's user must be able to reach the binary, as /usr/local/bin/node in the image; a
+    // clone in a private folder (mktemp -d is 0700) is not reachable, so run a copy from `work`.
+    let imageNode = node
+    if (asUser.uid !== undefined) {
+      imageNode = join(work, "node")
+      await copyFile(node, imageNode)
+      await chmod(imageNode, 0o755)
+    }
     const image = (argv: ReadonlyArray<string>) =>
-      argv.map((a) => (a === "node" ? node : a === "/app/main.js" ? join(appFolder, "main.js") : a))
+      argv.map((a) => (a === "node" ? imageNode : a === "/app/main.js" ? join(appFolder, "main.js") : a))
     const exec = (argv: ReadonlyArray<string>): Promise<Ran> => {
       const [cmd, ...rest] = image(argv) as [string, ...Array<string>]
       return Process.run(cmd, rest, { cwd: appFolder, env, ...asUser })
