@@ -15,7 +15,6 @@
  * It deliberately does not open sockets, resolve targets or connect to peers.
  */
 import {
-  Config,
   Console,
   Data,
   Effect,
@@ -28,6 +27,7 @@ import {
   Stdio,
   Terminal
 } from "effect"
+import { configFlag } from "./ConfigFlag.ts"
 import { Command, Flag, Prompt } from "effect/cli"
 import * as ConfigFile from "@sleeve/core/ConfigFile"
 import * as TlsMaterial from "@sleeve/core/TlsMaterial"
@@ -296,12 +296,7 @@ const promptPasswords = (names: ReadonlyArray<string>) =>
 
 /** Flags of `sleeve check`. */
 export const flags = {
-  config: Flag.String("config").pipe(
-    Flag.withAlias("c"),
-    Flag.withMetavar("FILE"),
-    Flag.withDescription("configuration file (YAML or JSON); default: $SLEEVE_CONFIG"),
-    Flag.withFallbackConfig(Config.String("SLEEVE_CONFIG"))
-  ),
+  config: configFlag,
   json: Flag.Boolean("json").pipe(
     Flag.withDescription("print one JSON document { ok, problems, tlsConfigurations, listeners }"),
     Flag.withDefault(false)

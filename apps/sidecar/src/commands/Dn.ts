@@ -39,7 +39,7 @@ export const formatDns = (
   (options.all ? certs : certs.slice(0, 1)).map((c) => (options.issuer ? c.issuerString : c.subjectString))
 
 /** Why a file could not be read, in words (the Node error stays the `cause`). */
-const readError = (e: PlatformError.PlatformError): string => {
+export const readError = (e: PlatformError.PlatformError): string => {
   const code = (e.reason.cause as NodeJS.ErrnoException | undefined)?.code
   if (e.reason._tag === "NotFound") return "file not found"
   if (e.reason._tag === "PermissionDenied") return "not readable (permission denied)"

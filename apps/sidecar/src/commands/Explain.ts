@@ -29,7 +29,8 @@
  * constraints and certificate policies (OpenSSL applies them during a real handshake), or any
  * network access.
  */
-import { Config, Console, Data, Effect, FileSystem, Option, type PlatformError, Result, Runtime } from "effect"
+import { Console, Data, Effect, FileSystem, Option, Result, Runtime } from "effect"
+import { configFlag } from "./ConfigFlag.ts"
 import { Command, Flag } from "effect/cli"
 import * as Certificate from "@sleeve/core/Certificate"
 import * as ConfigFile from "@sleeve/core/ConfigFile"
@@ -37,7 +38,7 @@ import * as DistinguishedName from "@sleeve/core/DistinguishedName"
 import * as PeerPolicy from "@sleeve/core/PeerPolicy"
 import { X509Certificate } from "node:crypto"
 import * as Tls from "node:tls"
-import { parseCertificates } from "./Dn.ts"
+import { parseCertificates, readError } from "./Dn.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Model
@@ -562,14 +563,6 @@ export const formatJson = (e: Explanation): string => JSON.stringify(e, null, 2)
 // Reading files
 // ---------------------------------------------------------------------------------------------
 
-const readError = (e: PlatformError.PlatformError): string => {
-  const code = (e.reason.cause as NodeJS.ErrnoException | undefined)?.code
-  if (e.reason._tag === "NotFound") return "file not found"
-  if (e.reason._tag === "PermissionDenied") return "not readable (permission denied)"
-  if (code === "EISDIR") return "is a directory, not a file"
-  return `cannot read: ${(e.reason.cause as Error | undefined)?.message ?? e.reason.description ?? e.reason._tag}`
-}
-
 const readBytes = (file: string, what: string) =>
   Effect.gen(function* () {
     const fs = yield* FileSystem.FileSystem
@@ -592,12 +585,7 @@ const readCertificates = (file: string, what: string) =>
 
 /** Flags of `sleeve explain`. */
 export const flags = {
-  config: Flag.String("config").pipe(
-    Flag.withAlias("c"),
-    Flag.withMetavar("FILE"),
-    Flag.withDescription("configuration file (YAML or JSON); default: $SLEEVE_CONFIG"),
-    Flag.withFallbackConfig(Config.String("SLEEVE_CONFIG"))
-  ),
+  config: configFlag,
   tlsConfig: Flag.String("tls-config").pipe(
     Flag.withMetavar("NAME"),
     Flag.withDescription("the TLS configuration that would judge the peer (a key under tls:)")

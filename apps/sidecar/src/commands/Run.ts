@@ -5,19 +5,15 @@
  * `Sidecar` is imported when `run` is chosen, not before: it pulls in the proxy, metrics and
  * HTTP stacks, which would make `sleeve check` and `sleeve dn` start about twice as slowly.
  */
-import { Config, Effect } from "effect"
-import { Command, Flag } from "effect/cli"
+import { Effect } from "effect"
+import { Command } from "effect/cli"
+import { configFlag } from "./ConfigFlag.ts"
 
 /** `sleeve run --config FILE` (or `SLEEVE_CONFIG`). */
 export const command = Command.make(
   "run",
   {
-    config: Flag.String("config").pipe(
-      Flag.withAlias("c"),
-      Flag.withMetavar("FILE"),
-      Flag.withDescription("configuration file (YAML or JSON); default: $SLEEVE_CONFIG"),
-      Flag.withFallbackConfig(Config.String("SLEEVE_CONFIG"))
-    )
+    config: configFlag
   },
   (input) =>
     Effect.promise(() => import("../Sidecar.ts")).pipe(
