@@ -536,8 +536,9 @@ interface References {
   readonly status: (name: string) => "known" | "broken" | "unknown"
 }
 
-const requiredTlsType = (l: RawListener): "server" | "client" =>
-  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.side ?? "server")
+/** The TLS role of a listener mode: terminate serves, originate connects, starttls as its `side` says. */
+const roleOf = (mode: Listener["mode"], side: "server" | "client" | undefined): "server" | "client" =>
+  mode === "terminate" ? "server" : mode === "originate" ? "client" : (side ?? "server")
 
 const decodeListener = (
   l: RawListener,
@@ -559,7 +560,7 @@ const decodeListener = (
 
   // The reference to a TLS configuration: it must exist, be enabled and be of the role the mode needs.
   const cfg = tls.get(l.tls)
-  const wanted = requiredTlsType(l)
+  const wanted = roleOf(l.mode, l.side)
   if (cfg === undefined) {
     // A configuration with structural problems has its own; the listener is still left out.
     if (references.status(l.tls) === "broken") before.n++
@@ -713,5 +714,4 @@ export const listenersUsing = (config: SleeveConfig, tlsName: string): ReadonlyA
   config.listeners.filter((l) => l.tls === tlsName)
 
 /** The TLS role a listener plays on its TLS leg. */
-export const tlsRole = (l: Listener): "server" | "client" =>
-  l.mode === "terminate" ? "server" : l.mode === "originate" ? "client" : (l.starttls?.side ?? "server")
+export const tlsRole = (l: Listener): "server" | "client" => roleOf(l.mode, l.starttls?.side)
