@@ -1,26 +1,28 @@
 /**
  * The container image, without Docker: infra/docker/Dockerfile is read instruction by
  * instruction and held to the repository (Node version, pnpm version, every workspace manifest
- * copied before the install, the bundle command resolving to the `bundle` script that
- * bundle-runs-standalone.e2e.test.ts runs, the runtime stage copying exactly rolldown's output).
- * Then the build stage's bundle command is run as written — only the output file is moved to a
- * temp folder, so that it never races the bundle test writing dist/main.js — and the runtime
- * stage is played: the file alone in an empty folder, run as uid 65532 (when the test runs as
- * root), with the image's ENTRYPOINT, CMD and ENV: `--version`, `check`, then `run` until ready,
- * the HEALTHCHECK command (failing before the endpoint is up, passing after), and STOPSIGNAL,
- * which must end it with exit code 0.
+ * copied before the install, the build stage's `pnpm run pack` bundling the CLI with the
+ * `bundle` script that bundle-runs-standalone.e2e.test.ts runs, the runtime stage installing
+ * exactly the CLI tarball that pack writes). Then the build stage's pack command is run as
+ * written (support/Pack.ts), and the runtime stage is played in a folder standing for the
+ * image's root: the COPY glob must match the one CLI tarball, the RUN line's `npm install -g`
+ * runs as written with npm's prefix at `<root>/usr/local`, and the result is run as uid 65532
+ * (when the test runs as root) with the image's PATH, ENTRYPOINT, CMD and ENV: `--version`,
+ * `check`, then `run` until ready, the HEALTHCHECK command (failing before the endpoint is up,
+ * passing after), and STOPSIGNAL, which must end it with exit code 0.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { defaults } from "@sleeve/core/ConfigFile"
 import { freePort } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { existsSync, readdirSync } from "node:fs"
+import { existsSync, readdirSync, realpathSync } from "node:fs"
 import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join, posix } from "node:path"
 import * as Yaml from "yaml"
-import { appDir, childEnv, node, nodeBinDir, type Ran, repoRoot, run } from "../support/Sleeve.ts"
+import { type Packed, packed, pnpmCommand, tarballName, userEnv } from "../support/Pack.ts"
+import { appDir, childEnv, node, type Ran, repoRoot } from "../support/Sleeve.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Reading the Dockerfile
@@ -71,6 +73,7 @@ const one = (stage: string, keyword: string): string => {
 }
 
 let work = ""
+let pack: Packed | undefined
 
 beforeAll(async () => {
   instructions = parseDockerfile(await readFile(dockerfile, "utf8"))
@@ -79,9 +82,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (work !== "") await rm(work, { recursive: true, force: true })
+  if (pack !== undefined) await rm(pack.dir, { recursive: true, force: true })
 })
 
-describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
+describe("infra/docker/Dockerfile", { timeout: 240_000 }, () => {
   it("agrees with the repository: Node, pnpm, manifests, bundle command, runtime contract", async () => {
     const root = JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as {
       packageManager: string
@@ -89,6 +93,7 @@ describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
     }
     const app = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as {
       name: string
+      version: string
       scripts: Record<string, string>
     }
 
@@ -106,7 +111,7 @@ describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
     // build: every workspace manifest is copied before the install, which uses the lockfile
     const pnpm = `npx -y ${root.packageManager}`
     const runs = inStage("build", "RUN").map((i) => i.args)
-    expect(runs).toEqual([`${pnpm} install --frozen-lockfile`, `${pnpm} --filter ${app.name} bundle`])
+    expect(runs).toEqual([`${pnpm} install --frozen-lockfile`, `${pnpm} run pack`])
     const workspace = Yaml.parse(await readFile(join(repoRoot, "pnpm-workspace.yaml"), "utf8")) as {
       packages: Array<string>
     }
@@ -127,20 +132,27 @@ describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
     expect(buildSteps).toContain("COPY package.json pnpm-lock.yaml pnpm-workspace.yaml ./")
     expect(buildSteps.indexOf("COPY . .")).toBeGreaterThan(installAt)
 
-    // the bundle command is the package's bundle script, the one the bundle test runs
-    expect(app.scripts.bundle).toBe("rolldown -c rolldown.config.ts")
-    const bundleTest = await readFile(join(appDir, "test/e2e/bundle-runs-standalone.e2e.test.ts"), "utf8")
-    expect(bundleTest).toContain('run(join(appDir, "node_modules/.bin/rolldown"), ["-c", "rolldown.config.ts"]')
+    // `run pack` is the root script that bundles the CLI with the package's bundle script (the
+    // one the bundle test runs) and packs it into artifacts/, as npm-global-install tests it
+    const rootScripts = (
+      JSON.parse(await readFile(join(repoRoot, "package.json"), "utf8")) as {
+        scripts: Record<string, string>
+      }
+    ).scripts
+    expect(rootScripts.pack).toContain(`pnpm --filter ${app.name} bundle`)
+    expect(rootScripts.pack).toMatch(new RegExp(`--filter ${app.name} pack --pack-destination artifacts$`))
+    expect(app.scripts.bundle).toMatch(/^rolldown /)
 
-    // runtime: exactly rolldown's output file, from the build stage's workspace
-    const rolldownConfig = await readFile(join(appDir, "rolldown.config.ts"), "utf8")
-    const output = /\bfile:\s*"([^"]+)"/.exec(rolldownConfig)?.[1]
-    expect(output).toBe("dist/main.js")
+    // runtime: the CLI tarball from the build stage's artifacts/, installed globally, nothing else
     const buildDir = one("build", "WORKDIR")
     const copies = inStage("runtime", "COPY").map((i) => i.args)
-    expect(copies).toEqual([`--from=build ${posix.join(buildDir, "apps/sidecar", output as string)} /app/main.js`])
+    expect(copies).toEqual([`--from=build ${posix.join(buildDir, "artifacts")}/sleeve-sidecar-*.tgz /tmp/sleeve.tgz`])
+    expect(one("runtime", "RUN")).toBe(
+      "npm install -g --no-audit --no-fund --cache /tmp/npm-cache /tmp/sleeve.tgz && rm -rf /tmp/sleeve.tgz /tmp/npm-cache"
+    )
+    expect(tarballName(app)).toMatch(/^sleeve-sidecar-.*\.tgz$/)
     expect(one("runtime", "USER")).toBe("65532:65532")
-    expect(JSON.parse(one("runtime", "ENTRYPOINT"))).toEqual(["node", "/app/main.js"])
+    expect(JSON.parse(one("runtime", "ENTRYPOINT"))).toEqual(["sleeve"])
     expect(JSON.parse(one("runtime", "CMD"))).toEqual(["run"])
     expect(one("runtime", "STOPSIGNAL")).toBe("SIGTERM")
     const adminPort = defaults.adminListen.split(":")[1]
@@ -157,33 +169,42 @@ describe("infra/docker/Dockerfile", { timeout: 40_000 }, () => {
 
     // the build context leaves out installed packages, build output, git and keys
     const ignore = (await readFile(join(repoRoot, ".dockerignore"), "utf8")).split("\n")
-    for (const pattern of ["**/node_modules", "**/dist", ".git", "**/*.key", "/dev-pki"])
+    for (const pattern of ["**/node_modules", "**/dist", "/artifacts", ".git", "**/*.key", "/dev-pki"])
       expect(ignore).toContain(pattern)
   })
 
-  it("builds the bundle with the build stage's command and runs it as the runtime stage does", async () => {
-    // The build stage's command, resolved as pnpm resolves it: the package named by --filter, its script.
-    const bundleRun = inStage("build", "RUN").at(-1)?.args ?? ""
-    const [, filter, script] = /--filter (\S+) (\S+)$/.exec(bundleRun) ?? []
-    const app = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as {
-      name: string
-      scripts: Record<string, string>
-    }
-    expect(filter).toBe(app.name)
-    const [bin = "", ...args] = (app.scripts[script as string] ?? "").split(" ")
-    const built = join(work, "build/main.js")
-    const build = await run(join(appDir, "node_modules/.bin", bin), [...args, "--file", built], {
-      cwd: appDir,
-      env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` },
-      timeoutMs: 35_000
-    })
-    expect(build.code, build.stderr + build.stdout).toBe(0)
+  it("packs with the build stage's command, installs the CLI tarball as the runtime stage does and runs it as the image", async () => {
+    // The build stage's command, as the shell runs it there: `npx -y pnpm@… run pack`.
+    const [pnpm, pnpmArgs] = await pnpmCommand()
+    expect(inStage("build", "RUN").at(-1)?.args).toBe([pnpm, ...pnpmArgs, "run", "pack"].join(" "))
+    pack = await packed()
 
-    // the runtime stage: /app holds main.js and nothing else
-    const appFolder = join(work, "app")
-    await mkdir(appFolder)
-    await copyFile(built, join(appFolder, "main.js"))
-    expect(await readdir(appFolder)).toEqual(["main.js"])
+    // COPY --from=build <glob> /tmp/sleeve.tgz: the glob matches exactly one file of artifacts/
+    const [from, to] = (inStage("runtime", "COPY")[0]?.args ?? "").replace(/^--from=build /, "").split(" ") as [
+      string,
+      string
+    ]
+    const glob = new RegExp(`^${posix.basename(from).replace(/[.]/g, "\\.").replace(/\*/g, "[^/]*")}$`)
+    const matched = pack.artifacts.filter((f) => glob.test(f))
+    expect(matched).toEqual([posix.basename(pack.tarball["@sleeve/sidecar"] as string)])
+    // the image's root is `work`: /tmp and /usr/local (the node image's npm prefix) live there
+    const rooted = (path: string) => join(work, path)
+    await mkdir(rooted("tmp"), { recursive: true })
+    await copyFile(join(pack.dir, matched[0] as string), rooted(to))
+
+    // the RUN line, as written, with the image's paths under `work` and npm's global prefix there
+    const usrLocal = rooted("usr/local")
+    await mkdir(join(usrLocal, "bin"), { recursive: true })
+    const install = await Process.run("sh", ["-c", one("runtime", "RUN").replaceAll("/tmp/", `${rooted("tmp")}/`)], {
+      cwd: work,
+      env: userEnv({ npm_config_prefix: usrLocal }),
+      timeoutMs: 120_000
+    })
+    expect(install.code, install.stderr + install.stdout).toBe(0)
+    expect(await readdir(rooted("tmp"))).toEqual([])
+    const installed = join(usrLocal, "lib/node_modules/@sleeve/sidecar")
+    expect(realpathSync(join(usrLocal, "bin/sleeve"))).toBe(join(installed, "dist/main.js"))
+    expect((await readdir(installed)).sort()).toEqual(["LICENSE", "README.md", "dist", "package.json"])
 
     // a configuration and certificates, mounted read-only at SLEEVE_CONFIG's place
     await mkdir(join(work, "etc"))
@@ -206,14 +227,20 @@ admin:
 `
     )
     // Readable by the image's user, as a Secret mounted with defaultMode 0444 would be.
-    for (const dir of [work, appFolder, pki.dir]) await chmod(dir, 0o755)
+    for (const dir of [work, pki.dir]) await chmod(dir, 0o755)
     for (const f of await readdir(pki.dir)) await chmod(join(pki.dir, f), 0o444)
 
     const [uid, gid] = one("runtime", "USER").split(":").map(Number) as [number, number]
     const asUser = process.getuid?.() === 0 ? { uid, gid } : {}
+    // The node image's Node is /usr/local/bin/node, next to the installed `sleeve`: here the repo's
+    // Node 24, copied there (the image's user could not reach it inside a private clone folder).
+    await copyFile(node, join(usrLocal, "bin/node"))
+    await chmod(join(usrLocal, "bin/node"), 0o755)
     const imageEnv = parseEnv(one("runtime", "ENV"))
     const env = childEnv({
       ...imageEnv,
+      // the image's PATH: ENTRYPOINT's `sleeve` and HEALTHCHECK's `node` are found in /usr/local/bin
+      PATH: `${join(usrLocal, "bin")}:/usr/bin:/bin`,
       // what a volume mount and a -e flag would change
       SLEEVE_CONFIG: configFile,
       SLEEVE_HEALTHCHECK_URL: `http://127.0.0.1:${adminPort}/healthz`
@@ -221,21 +248,12 @@ admin:
     const entrypoint = JSON.parse(one("runtime", "ENTRYPOINT")) as [string, ...Array<string>]
     const command = JSON.parse(one("runtime", "CMD")) as Array<string>
     const healthcheck = JSON.parse(one("runtime", "HEALTHCHECK").replace(/^.*? CMD /, "")) as [string, ...Array<string>]
-    // ENTRYPOINT and HEALTHCHECK name `node` and `/app/main.js`: here, the repo's Node 24 and the folder above.
-    // The image's user must be able to reach the binary, as /usr/local/bin/node in the image; a
-    // clone in a private folder (mktemp -d is 0700) is not reachable, so run a copy from `work`.
-    let imageNode = node
-    if (asUser.uid !== undefined) {
-      imageNode = join(work, "node")
-      await copyFile(node, imageNode)
-      await chmod(imageNode, 0o755)
-    }
-    const image = (argv: ReadonlyArray<string>) =>
-      argv.map((a) => (a === "node" ? imageNode : a === "/app/main.js" ? join(appFolder, "main.js") : a))
     const exec = (argv: ReadonlyArray<string>): Promise<Ran> => {
-      const [cmd, ...rest] = image(argv) as [string, ...Array<string>]
-      return Process.run(cmd, rest, { cwd: appFolder, env, ...asUser })
+      const [cmd, ...rest] = argv as [string, ...Array<string>]
+      return Process.run(cmd, rest, { cwd: work, env, ...asUser })
     }
+    const which = await exec(["sh", "-c", "command -v sleeve; command -v node"])
+    expect(which.stdout).toBe(`${join(usrLocal, "bin/sleeve")}\n${join(usrLocal, "bin/node")}\n`)
 
     const [version, check, unhealthy] = await Promise.all([
       exec([...entrypoint, "--version"]),
@@ -247,9 +265,9 @@ admin:
     expect(unhealthy.code).toBe(1)
 
     // CMD: `run` with the configuration from SLEEVE_CONFIG, until STOPSIGNAL
-    const [cmd, ...rest] = image([...entrypoint, ...command]) as [string, ...Array<string>]
+    const [cmd, ...rest] = [...entrypoint, ...command] as [string, ...Array<string>]
     const daemon = Process.startDaemon(cmd, rest, {
-      cwd: appFolder,
+      cwd: work,
       env,
       ...asUser,
       stdin: "pipe",
