@@ -134,6 +134,7 @@ const runsEverywhere = async (nodeBin: string, nodeVersion: string) => {
     })
     const denied = await exchange(port, pki.caPem, intruder, "not me\n")
     expect(denied.echoed).toBe("")
+    await daemon.waitForOutput('"event":"peer_rejected"', { timeoutMs: 15_000 })
     daemon.child.kill("SIGTERM")
     expect(await daemon.exited).toEqual({ code: 0, signal: null })
     expect(daemon.stdout()).toContain('"event":"stopped"')

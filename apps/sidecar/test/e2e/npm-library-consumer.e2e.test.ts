@@ -236,7 +236,11 @@ const proxyThrough = async (nodeBin: string) => {
     expect(denied.reply).toBe("")
     await daemon.waitForOutput('"event":"refused"', { timeoutMs: 15_000 })
     expect(events().filter((e) => e.event === "proxying")).toEqual([{ event: "proxying", peer: "client" }])
-    expect(events().find((e) => e.event === "refused")).toMatchObject({ tag: "TlsSessionError" })
+    expect(events().find((e) => e.event === "refused")).toEqual({
+      event: "refused",
+      tag: "TlsSessionError",
+      reason: "dn_rejected"
+    })
 
     daemon.child.kill("SIGTERM")
     expect(await daemon.exited).toEqual({ code: 0, signal: null })
