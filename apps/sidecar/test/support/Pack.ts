@@ -56,6 +56,14 @@ export const pnpmCommand = async (): Promise<readonly [string, ReadonlyArray<str
 }
 
 /**
+ * npm settings a machine's environment may need to reach its registry (a CI mirror, a proxy, a
+ * CA): kept. Every other `npm_config_*` comes from the npm or pnpm that started this run
+ * (`npm_config_local_prefix` would point npm back into the workspace).
+ */
+const registrySetting =
+  /^npm_config_(registry|@[^:]+:registry|\/\/.*|cafile|ca|strict_ssl|proxy|https_proxy|http_proxy|noproxy|userconfig|globalconfig|cache|fetch_[a-z_]+)$/i
+
+/**
  * The environment of a user's shell: this one without what pnpm and vitest add (`npm_*`
  * settings, the repository's `node_modules/.bin` folders on PATH), so that `npm` and `npx` are
  * the system's and run on the system's Node, and nothing resolves back into the workspace.
@@ -63,7 +71,8 @@ export const pnpmCommand = async (): Promise<readonly [string, ReadonlyArray<str
 export const userEnv = (extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv => {
   const env: NodeJS.ProcessEnv = {}
   for (const [k, v] of Object.entries(process.env)) {
-    if (/^(npm|pnpm|PNPM|VITEST|TURBO)_/i.test(k) || k === "NODE_OPTIONS" || k.startsWith("SLEEVE_")) continue
+    const tooling = /^(npm|pnpm|VITEST|TURBO)_/i.test(k) && !registrySetting.test(k)
+    if (tooling || k === "NODE_OPTIONS" || k.startsWith("SLEEVE_")) continue
     env[k] = v
   }
   env.PATH = systemPath()
