@@ -9,6 +9,7 @@
  *     that checks the client certificate — on the repository's Node 24 and on the `engines`
  *     floor (Node 22.19.0); a peer outside `authorizedPeers` is refused with a typed error;
  *     subpath exports (`@sleeve/core/DistinguishedName`) resolve, `./internal/*` does not;
+ * (a') runs the examples of the three package READMEs as written (the proxy one end to end);
  * (b) type-checks a `.ts` consumer against the published `.d.ts` with `tsc --noEmit`
  *     (`skipLibCheck: false`, so the declaration files themselves are checked), and shows that
  *     the types are real: a wrong call is a compile error.
@@ -299,6 +300,29 @@ describe("the library packages from npm", { timeout: 240_000 }, () => {
 
   it.runIf(hasFloorNode)("(a) … and on the engines floor, Node 22.19.0", async () => {
     expect(await proxyThrough(await nodeFloor())).toBe("v22.19.0")
+  })
+
+  it("the @sleeve/proxy README's proxy.mjs runs as written and proxies mutual TLS", async () => {
+    const readme = await readFile(join(repoRoot, "packages/proxy/README.md"), "utf8")
+    const code = /`proxy\.mjs`:\n\n```js\n([\s\S]*?)\n```\n/.exec(readme)?.[1] ?? ""
+    expect(code).toContain("TlsConfigs.open(")
+    await writeFile(join(project, "readme-proxy.mjs"), code)
+    const daemon = Process.startDaemon(node, ["readme-proxy.mjs", "sleeve.yaml", `127.0.0.1:${upstreamPort}`, "0"], {
+      cwd: project,
+      env: userEnv(),
+      killAfterMs: 60_000
+    })
+    try {
+      const out = await daemon.waitForOutput(/listening on 127\.0\.0\.1:\d+\n/, { timeoutMs: 30_000 })
+      const port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(out)?.[1])
+      expect(await exchange(port, client)).toEqual({ secured: true, reply: "upstream saw back: hello\n" })
+      expect((await exchange(port, intruder)).reply).toBe("")
+      expect(await daemon.waitForOutput("refused:", { stream: "stderr", timeoutMs: 15_000 })).toBe(
+        "refused: TlsSessionError dn_rejected\n"
+      )
+    } finally {
+      await daemon.stop("SIGTERM")
+    }
   })
 
   it("the runnable examples of the @sleeve/core and @sleeve/metrics READMEs run as written", async () => {
