@@ -21,7 +21,8 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { existsSync } from "node:fs"
-import { readFile, rm, writeFile } from "node:fs/promises"
+import { readdir, readFile, rm, writeFile } from "node:fs/promises"
+import { isBuiltin } from "node:module"
 import type * as Net from "node:net"
 import { join } from "node:path"
 import * as Tls from "node:tls"
@@ -289,6 +290,31 @@ describe("the library packages from npm", { timeout: 240_000 }, () => {
       // the repository itself still runs the sources
       const inRepo = await manifest(`packages/${name.split("/")[1]}`)
       expect((inRepo.exports as Record<string, string>)["."]).toBe("./src/index.ts")
+    }
+    // what the built JavaScript imports: Node built-ins, its own files, or a declared dependency
+    for (const name of libraries) {
+      const installed = join(project, "node_modules", name)
+      const deps = Object.keys(
+        (JSON.parse(await readFile(join(installed, "package.json"), "utf8")) as { dependencies: object }).dependencies
+      )
+      const files = (await readdir(join(installed, "dist"), { recursive: true })).filter((f) => f.endsWith(".js"))
+      expect(files).toContain("index.js")
+      let imports = 0
+      for (const f of files) {
+        const code = await readFile(join(installed, "dist", f), "utf8")
+        const specs = [
+          ...code.matchAll(/^\s*(?:import|export)\s[^;]*?\sfrom\s*["']([^"']+)["']/gm),
+          ...code.matchAll(/^\s*import\s*["']([^"']+)["']/gm),
+          ...code.matchAll(/\bimport\(\s*["']([^"']+)["']\s*\)/g)
+        ].map((m) => m[1] ?? "")
+        imports += specs.length
+        for (const spec of specs) {
+          if (spec.startsWith(".") || isBuiltin(spec)) continue
+          const pkg = spec.startsWith("@") ? spec.split("/").slice(0, 2).join("/") : (spec.split("/")[0] ?? "")
+          expect(deps, `${name}/dist/${f} imports ${spec}`).toContain(pkg)
+        }
+      }
+      expect(imports, name).toBeGreaterThan(files.length)
     }
     expect(existsSync(join(project, "node_modules/@sleeve/testing"))).toBe(false)
     expect(nodeModulesAbove(project)).toEqual([])
