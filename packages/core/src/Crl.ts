@@ -135,9 +135,11 @@ const crlNumberOf = (value: ArrayBuffer): string | undefined => {
 // ---------------------------------------------------------------------------------------------
 
 /** Node's `crypto.verify` arguments for a CRL's signature algorithm, or a message saying why not. */
-const verifyParams = (
-  alg: x509.HashedAlgorithm & { saltLength?: number }
-): Result.Result<{ hash: string | null; padding?: number; saltLength?: number }, string> => {
+const verifyParams = (alg: {
+  readonly name: string
+  readonly hash?: { readonly name: string }
+  readonly saltLength?: number
+}): Result.Result<{ hash: string | null; padding?: number; saltLength?: number }, string> => {
   const hash = alg.hash?.name?.replace("-", "").toLowerCase()
   switch (alg.name) {
     case "ECDSA":
@@ -161,7 +163,7 @@ const verifyParams = (
 
 /** Whether `ca`'s key signed `crl` (the to-be-signed bytes as they are in the file). */
 const signedBy = (crl: RevocationList, ca: Certificate.Certificate): boolean => {
-  const params = verifyParams(crl.x509.signatureAlgorithm as x509.HashedAlgorithm)
+  const params = verifyParams(crl.x509.signatureAlgorithm as unknown as Parameters<typeof verifyParams>[0])
   if (Result.isFailure(params)) return false
   // `tbsCertListRaw` is the exact DER the issuer signed (kept by @peculiar/asn1-schema).
   const asn = (crl.x509 as unknown as { asn: { tbsCertListRaw?: ArrayBuffer } }).asn
