@@ -47,6 +47,8 @@ export interface RevocationList {
   readonly index: number
   /** The file it came from. */
   readonly source: string | undefined
+  /** The CRL's PEM block as it is in the file. */
+  readonly pem: string
   /** The parsed CRL (@peculiar/x509). */
   readonly x509: x509.X509Crl
 }
@@ -113,11 +115,12 @@ export const parsePem = (text: string, source?: string): Result.Result<ReadonlyA
       revokedCount: crl.entries.length,
       index,
       source,
+      pem: `${m[0]}\n`,
       x509: crl
     })
   }
   if (out.length === 0)
-    return Result.fail(new CrlError({ reason: "NoCrl", message: `${where}holds no X509 CRL block` }))
+    return Result.fail(new CrlError({ reason: "NoCrl", message: `${source ?? "the text"} holds no X509 CRL block` }))
   return Result.succeed(out)
 }
 
