@@ -64,7 +64,9 @@ const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.
 /** The peer chain as presented, leaf first, parsed by @sleeve/core. */
 const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
   const chain: Array<Certificate.Certificate> = []
-  let c: Tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate
+  // null (not {}) once the socket has lost its handle, e.g. in a late error handler.
+  let c: Tls.DetailedPeerCertificate | undefined =
+    (socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate | null) ?? undefined
   const seen = new Set<string>()
   while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
     seen.add(c.fingerprint256)
@@ -175,6 +177,7 @@ const judge = (
       tls: material.config.name,
       reason,
       detail: decision.detail,
+      ...(decision.reason === "unverified" && decision.verifyError !== undefined ? { code: decision.verifyError } : {}),
       ...(reason === "revoked" ? revokedFields(chain, material) : {}),
       ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString }),
       ...(decision.nearest === undefined ? {} : { nearestAuthorized: formatNearest(decision.nearest) })
@@ -258,7 +261,11 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
     // verifyPeer: request asks for a certificate, require also makes OpenSSL fail the
     // handshake (with a proper alert) when none is sent or the chain does not verify.
     requestCert: config.verifyPeer !== "none",
-    rejectUnauthorized: config.verifyPeer === "require",
+    // With a crlFile, OpenSSL's verdict is judged after the handshake (`judge`, which denies an
+    // unverified or missing certificate just the same): Node checks the verify result in JS after
+    // the handshake either way, but with `rejectUnauthorized` it destroys the socket first and
+    // the peer's chain, which names the revoked certificate in the log, is gone.
+    rejectUnauthorized: config.verifyPeer === "require" && material.revocation === "none",
     handshakeTimeout: handshakeTimeoutMs,
     allowHalfOpen: true
   })
@@ -358,7 +365,9 @@ export const connectClient = (
       ...material.secureContextOptions,
       ...(name !== undefined && Net.isIP(name) === 0 ? { servername: name } : {}),
       ...(name === undefined ? {} : { host: name }),
-      rejectUnauthorized: config.verifyPeer !== "none",
+      // With a crlFile, as on the server side: `judge` refuses an unverified server (chain,
+      // revocation or host name, all in `authorizationError`) once the chain can still be read.
+      rejectUnauthorized: config.verifyPeer !== "none" && material.revocation === "none",
       ...(options.insecureSkipHostnameVerification ? { checkServerIdentity: () => undefined } : {}),
       // Not in @types/node's ConnectionOptions, but tls.connect passes it to the TLSSocket.
       ...({ allowHalfOpen: true } as object)
