@@ -997,7 +997,7 @@ describe("plaintext guardrails (issue 13 §3)", () => {
 `
   const withListeners = (listeners: string, top = "") =>
     `${head}${top}listeners:${listeners === "" ? " []" : ""}\n${listeners}`
-  const rule = (field: string, why: string, shown: string) =>
+  const rule = (why: string, shown: string) =>
     `plaintext on the network: ${why}, and ${shown} is not loopback or a UNIX socket ` +
     "(a host name other than localhost counts as network); use 127.0.0.1, [::1], localhost or unix:/path, " +
     `or set allowPlaintextNetwork: true on this listener to accept it (logged as a warning at every start)`
@@ -1013,11 +1013,11 @@ describe("plaintext guardrails (issue 13 §3)", () => {
 `)
       )
     ).toEqual([
-      `sleeve.yaml: listeners[0].target: ${rule("target", "terminate forwards the decrypted bytes to target", "10.0.0.5:80")}`,
-      `sleeve.yaml: listeners[1].listen: ${rule("listen", "originate accepts the application's plaintext on listen", "0.0.0.0:2")}`,
-      `sleeve.yaml: listeners[2].target: ${rule("target", "a server-side starttls listener forwards the decrypted bytes to target", "mail-app:25")}`,
-      `sleeve.yaml: listeners[3].listen: ${rule("listen", "with requireTls: false, a client that never sends STARTTLS is relayed in plaintext from listen", "0.0.0.0:4")}`,
-      `sleeve.yaml: listeners[4].listen: ${rule("listen", "a client-side starttls listener accepts the application's plaintext on listen", "[::]:5")}`
+      `sleeve.yaml: listeners[0].target: ${rule("terminate forwards the decrypted bytes to target", "10.0.0.5:80")}`,
+      `sleeve.yaml: listeners[1].listen: ${rule("originate accepts the application's plaintext on listen", "0.0.0.0:2")}`,
+      `sleeve.yaml: listeners[2].target: ${rule("a server-side starttls listener forwards the decrypted bytes to target", "mail-app:25")}`,
+      `sleeve.yaml: listeners[3].listen: ${rule("with requireTls: false, a client that never sends STARTTLS is relayed in plaintext from listen", "0.0.0.0:4")}`,
+      `sleeve.yaml: listeners[4].listen: ${rule("a client-side starttls listener accepts the application's plaintext on listen", "[::]:5")}`
     ])
   })
 
@@ -1048,7 +1048,7 @@ describe("plaintext guardrails (issue 13 §3)", () => {
         )
       )
     ).toEqual([
-      `sleeve.yaml: listeners[0].target: ${rule("target", "terminate forwards the decrypted bytes to target", "localhost.example.com:80")}`
+      `sleeve.yaml: listeners[0].target: ${rule("terminate forwards the decrypted bytes to target", "localhost.example.com:80")}`
     ])
   })
 

@@ -25,7 +25,6 @@ vi.setConfig({ testTimeout: 90_000, hookTimeout: 60_000 })
 
 let pki: TestPki.TestPki
 let root: TestPki.Identity
-let server: TestPki.Identity
 let alice: TestPki.Identity
 let bob: TestPki.Identity
 let echo: Net.Server
@@ -81,7 +80,7 @@ const served = async (d: SleeveDaemon, who: TestPki.Identity) =>
 beforeAll(async () => {
   pki = await TestPki.make()
   root = await pki.ca({ name: "root", subject: [{ CN: "CRL Root" }, { O: "Sleeve Test" }] })
-  server = await pki.leaf(root, { name: "server" })
+  await pki.leaf(root, { name: "server" })
   alice = await pki.leaf(root, { name: "alice" })
   bob = await pki.leaf(root, { name: "bob" })
   echo = Net.createServer((s) => s.pipe(s))
