@@ -196,14 +196,14 @@ describe("originate: a revoked server certificate", () => {
     await d.waitForOutput("ACCEPT")
     return { port, daemon: d }
   }
-  const originate = (port: number) =>
+  const originate = (port: number, serverName = "localhost") =>
     start(`tls:
   back:
     type: client
     caFile: ${root.certFile}
     crlFile: ${crl.file}
 listeners:
-  - { name: back, mode: originate, listen: "127.0.0.1:0", target: "127.0.0.1:${port}", serverName: localhost, tls: back }
+  - { name: back, mode: originate, listen: "127.0.0.1:0", target: "127.0.0.1:${port}", serverName: ${serverName}, tls: back }
 `)
   /** A plaintext app talking through the originate listener: what came back before the close. */
   const talk = (port: number): Promise<string> =>
@@ -233,6 +233,17 @@ listeners:
     assert.strictEqual(e.code, "CERT_REVOKED")
     assert.strictEqual(e.revokedSerial, id["revoked-server"]!.x509.serialNumber.toUpperCase())
     assert.strictEqual(e.revokedIssuer, "CN=Revocation Root,O=Sleeve Test")
+  })
+  it("still verifies the host name with a crlFile (the verdict is judged after the handshake)", async () => {
+    const good = await sServer(id["good-server"]!)
+    const p = await originate(good.port, "other.example.com")
+    assert.strictEqual(await talk(p.port("back")), "")
+    await p.counted(
+      MetricName.handshakeFailuresTotal,
+      { listener: "back", role: "client", reason: "bad_certificate" },
+      1
+    )
+    assert.strictEqual(rejection(p, "back").code, "ERR_TLS_CERT_ALTNAME_INVALID")
   })
 })
 
