@@ -7,8 +7,8 @@
  * in force, and the failure is counted (`sleeve_config_reloads_total{result="failed"}`), logged
  * with every problem, and shown on `/status`.
  */
-import type { Certificate } from "@sleeve/core"
-import { ConfigFile } from "@sleeve/core"
+import type { Certificate, TlsMaterial } from "@sleeve/core"
+import { ConfigFile, Crl } from "@sleeve/core"
 import { Metrics } from "@sleeve/metrics"
 import { EventLog, ProxyRuntime } from "@sleeve/proxy"
 import { Context, Effect, Layer, Result } from "effect"
@@ -53,6 +53,46 @@ const expiries = (a: ProxyRuntime.Activated): Array<Metrics.CertificateExpiry> =
   return out
 }
 
+// Revocation (issue 13 §2) -------------------------------------------------------------------
+
+const crlNextUpdates = (a: ProxyRuntime.Activated): Array<Metrics.CrlNextUpdate> =>
+  [...a.materials].flatMap(([name, m]) =>
+    m.crls.flatMap((c) => (c.nextUpdate === undefined ? [] : [{ tlsConfig: name, nextUpdate: c.nextUpdate }]))
+  )
+
+/** The CRLs of a TLS configuration for `/status`, with their staleness now. */
+const crlSummary = (m: TlsMaterial.Material, now: Date) =>
+  m.config.crlFile === undefined
+    ? undefined
+    : {
+        file: m.config.crlFile,
+        crlStale: m.config.crlStale,
+        appliedBy: m.revocation,
+        lists: m.crls.map((c) => ({
+          issuer: c.issuerString,
+          thisUpdate: c.thisUpdate.toISOString(),
+          nextUpdate: c.nextUpdate?.toISOString() ?? null,
+          crlNumber: c.crlNumber ?? null,
+          revoked: c.revokedCount,
+          stale: Crl.isStale(c, now)
+        }))
+      }
+
+/**
+ * The soonest nextUpdate still ahead, across every CRL in force: when it passes, the
+ * configuration is activated again (the existing reload path), so the stale CRL is reported
+ * and `crlStale: warn` hands the CRLs from OpenSSL to Sleeve.
+ */
+const nextCrlDeadline = (a: ProxyRuntime.Activated, now: number): number | undefined => {
+  let soonest: number | undefined
+  for (const m of a.materials.values())
+    for (const c of m.crls) {
+      const t = c.nextUpdate?.getTime()
+      if (t !== undefined && t >= now && (soonest === undefined || t < soonest)) soonest = t
+    }
+  return soonest
+}
+
 /** Runs every listener of the configuration until interrupted; fails on an invalid configuration. */
 export const run = (options: RunOptions): Effect.Effect<void, Error> =>
   Effect.scoped(
@@ -63,6 +103,7 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       if (Result.isFailure(first)) return yield* Effect.fail(first.failure)
       for (const w of first.success.warnings) log("warn", "config_warning", { problem: ConfigFile.formatProblem(w) })
       metrics.replaceCertificates(expiries(first.success))
+      metrics.replaceCrls(crlNextUpdates(first.success))
       metrics.configLoaded()
 
       // Draining runs once, from whichever finalizer comes first: normally the one added after
@@ -121,6 +162,8 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
           .reload(next.success)
           .then(() => {
             metrics.replaceCertificates(expiries(next.success))
+            metrics.replaceCrls(crlNextUpdates(next.success))
+            armCrlTimer(next.success)
             watch(next.success.files)
             log("info", "reloaded", { trigger, warnings: next.success.warnings.map(ConfigFile.formatProblem) })
             done("ok", [])
@@ -152,6 +195,22 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
         }
       }
       watch(first.success.files)
+      // A CRL reaching its nextUpdate: re-activate then (setTimeout holds at most ~24.8 days, so a
+      // later deadline re-arms on the way).
+      let crlTimer: NodeJS.Timeout | undefined
+      const armCrlTimer = (a: ProxyRuntime.Activated) => {
+        clearTimeout(crlTimer)
+        const deadline = nextCrlDeadline(a, Date.now())
+        if (deadline === undefined) return
+        const wait = deadline - Date.now() + 1000
+        crlTimer = setTimeout(
+          () => (wait > maxTimerMs ? armCrlTimer(proxy.current()) : reload("crl_next_update")),
+          Math.min(Math.max(wait, 0), maxTimerMs)
+        )
+        crlTimer.unref()
+      }
+      armCrlTimer(first.success)
+      yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(crlTimer)))
       const onHup = () => reload("SIGHUP")
       process.on("SIGHUP", onHup)
       yield* Effect.addFinalizer(() =>
@@ -181,8 +240,13 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
                   verifyPeer: m.config.verifyPeer,
                   authorizedPeers: m.config.authorizedPeers.length,
                   certificate: m.chain?.[0] === undefined ? undefined : certSummary(m.chain[0]),
-                  ca: m.ca.map(certSummary)
+                  ca: m.ca.map(certSummary),
+                  crl: crlSummary(m, new Date())
                 })),
+                policy: a.config.policy,
+                // Warnings of the activation in force: stale CRLs, CAs without a CRL, expiring
+                // certificates, listeners that allow plaintext on the network.
+                warnings: [...a.warnings, ...ConfigFile.plaintextWarnings(a.config)].map(ConfigFile.formatProblem),
                 lastReload
               }
             }
@@ -203,6 +267,8 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       return yield* Effect.never
     })
   )
+
+const maxTimerMs = 2_147_483_647
 
 const countActive = (running: ProxyRuntime.Running): number =>
   running.status().listeners.reduce((n, l) => n + l.activeConnections, 0)

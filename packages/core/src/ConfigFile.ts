@@ -13,6 +13,7 @@
  * checked by `TlsMaterial`, which works on the decoded model.
  */
 import { Data, Result, Schema, SchemaIssue } from "effect"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import * as Yaml from "yaml"
 import * as DistinguishedName from "./DistinguishedName.ts"
@@ -48,6 +49,8 @@ const TlsConfigSchema = Schema.Struct({
   verifyPeer: Schema.optionalKey(Schema.Literals(["none", "request", "require"])),
   verifyDepth: Schema.optionalKey(Schema.Int),
   crlFile: Schema.optionalKey(Schema.NonEmptyString),
+  // revocation: what a CRL past its nextUpdate does (issue 13 §2)
+  crlStale: Schema.optionalKey(Schema.Literals(["reject", "warn"])),
   authorizedPeers: Schema.optionalKey(Schema.Array(Schema.String)),
   requireDualUse: Schema.optionalKey(Schema.Boolean)
 })
@@ -74,15 +77,19 @@ const ListenerSchema = Schema.Struct({
   handshakeTimeout: Schema.optionalKey(DurationInput),
   idleTimeout: Schema.optionalKey(DurationInput),
   connectTimeout: Schema.optionalKey(DurationInput),
-  maxConnections: Schema.optionalKey(Schema.Int)
+  maxConnections: Schema.optionalKey(Schema.Int),
+  // plaintext guardrails: explicit, loud opt-in to a plaintext side off the host (issue 13 §3)
+  allowPlaintextNetwork: Schema.optionalKey(Schema.Boolean)
 })
 
 // The top level is decoded key by key, and each TLS configuration and listener on its own, so
 // that one broken entry does not hide the problems of the others (see `decode`).
-const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning"] as const
+const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning", "policy"] as const
 const TlsMapSchema = Schema.Record(Schema.String, Schema.Unknown)
 const ListenerArraySchema = Schema.Array(Schema.Unknown)
 const AdminSchema = Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })
+// plaintext guardrails (issue 13 §3)
+const PolicySchema = Schema.Struct({ requireTls: Schema.optionalKey(Schema.Boolean) })
 
 type RawAdmin = typeof AdminSchema.Type
 type RawTlsConfig = typeof TlsConfigSchema.Type
@@ -129,6 +136,12 @@ export interface TlsConfig {
   readonly verifyPeer: VerifyPeer
   readonly verifyDepth: number
   readonly crlFile: string | undefined
+  /**
+   * A CRL past its nextUpdate: `reject` (default) keeps it in OpenSSL's hands, which then fails
+   * every handshake it covers (`CRL_HAS_EXPIRED`); `warn` keeps serving, Sleeve checking the
+   * stale CRL itself after the handshake, and reports it.
+   */
+  readonly crlStale: "reject" | "warn"
   readonly authorizedPeers: ReadonlyArray<DistinguishedName.DistinguishedName>
   readonly requireDualUse: boolean
 }
@@ -162,6 +175,8 @@ export interface Listener {
   readonly idleTimeoutMs: number
   readonly connectTimeoutMs: number
   readonly maxConnections: number
+  /** The listener accepts a plaintext side that is not loopback or a UNIX socket (see `plaintextSides`). */
+  readonly allowPlaintextNetwork: boolean
 }
 
 /** The whole decoded file. */
@@ -173,6 +188,8 @@ export interface SleeveConfig {
   readonly admin: { readonly listen: Address } | undefined
   readonly drainTimeoutMs: number
   readonly expiryWarningMs: number
+  /** Site-wide rules; `requireTls` forbids every plaintext path off the host. */
+  readonly policy: { readonly requireTls: boolean }
 }
 
 /** Defaults, in one place so the docs' configuration reference can quote them. */
@@ -379,11 +396,17 @@ export const decode = (text: string, file: string): Result.Result<SleeveConfig, 
   const rawAdmin: RawAdmin | undefined = root.admin === undefined ? {} : part(AdminSchema, ["admin"])
   const admin = rawAdmin === undefined ? undefined : decodeAdmin(rawAdmin, error)
   checkListenerSet(rawListeners, admin, error)
+  // plaintext guardrails (issue 13 §3)
+  const rawPolicy = root.policy === undefined ? {} : part(PolicySchema, ["policy"])
+  const policy = { requireTls: rawPolicy?.requireTls ?? false }
+  decodedListeners.forEach((l, i) => {
+    if (l !== undefined) checkPlaintext(l, policy, (p, rule) => error(`listeners[${i}].${p}`, rule))
+  })
   const drainTimeoutMs = durationOr(rawDuration("drainTimeout"), defaults.drainTimeoutMs, "drainTimeout", error)
   const expiryWarningMs = durationOr(rawDuration("expiryWarning"), defaults.expiryWarningMs, "expiryWarning", error)
 
   if (problems.length > 0) return Result.fail(new ConfigError({ file: shown, problems }))
-  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs })
+  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs, policy })
 }
 
 /**
@@ -499,6 +522,14 @@ const decodeTlsConfig = (
   if (cfg.requireDualUse === true && verifyPeer !== "require") {
     error("requireDualUse", `needs verifyPeer: require (it is ${verifyPeer})`)
   }
+  // revocation (issue 13 §2): a CRL only means something where peer certificates are verified.
+  if (cfg.crlFile !== undefined && verifyPeer === "none") {
+    error(
+      "crlFile",
+      "has no effect with verifyPeer: none (no peer certificate is verified); set verifyPeer or remove it"
+    )
+  }
+  if (cfg.crlStale !== undefined && cfg.crlFile === undefined) error("crlStale", "only applies with a crlFile")
   const pw = cfg.privateKeyPassword
   const privateKeyPassword: PasswordSource | undefined =
     pw === undefined
@@ -525,6 +556,7 @@ const decodeTlsConfig = (
     verifyPeer,
     verifyDepth,
     crlFile: resolve(cfg.crlFile),
+    crlStale: cfg.crlStale ?? "reject",
     authorizedPeers,
     requireDualUse: cfg.requireDualUse ?? cfg.type === "mirror"
   }
@@ -660,7 +692,8 @@ const decodeListener = (
     handshakeTimeoutMs,
     idleTimeoutMs,
     connectTimeoutMs,
-    maxConnections: l.maxConnections ?? defaults.maxConnections
+    maxConnections: l.maxConnections ?? defaults.maxConnections,
+    allowPlaintextNetwork: l.allowPlaintextNetwork ?? false
   }
 }
 
@@ -715,3 +748,143 @@ export const listenersUsing = (config: SleeveConfig, tlsName: string): ReadonlyA
 
 /** The TLS role a listener plays on its TLS leg. */
 export const tlsRole = (l: Listener): "server" | "client" => roleOf(l.mode, l.starttls?.side)
+
+// ---------------------------------------------------------------------------------------------
+// Plaintext guardrails (issue 13 §3; seed: "TLS is required" when data is sensitive)
+// ---------------------------------------------------------------------------------------------
+
+/** A side of a listener where application bytes travel unencrypted. */
+export interface PlaintextSide {
+  readonly field: "listen" | "target"
+  readonly address: Address
+  /** Why application bytes are in the clear there, for messages. */
+  readonly why: string
+}
+
+/**
+ * The sides of a listener that carry application bytes in plaintext: terminate's `target` (the
+ * decrypted stream), originate's `listen` (the application's bytes before encryption), a STARTTLS
+ * listener's application leg (`target` on the server side, `listen` on the client side) and, on
+ * the server side with `requireTls: false`, also `listen`: a client that never asks for TLS is
+ * relayed in plaintext. (The client side always requires the upgrade.) The plaintext negotiation
+ * before STARTTLS (greeting, capabilities, the STARTTLS command) is not application data.
+ */
+export const plaintextSides = (l: Listener): ReadonlyArray<PlaintextSide> => {
+  switch (l.mode) {
+    case "terminate":
+      return [{ field: "target", address: l.target, why: "terminate forwards the decrypted bytes to target" }]
+    case "originate":
+      return [{ field: "listen", address: l.listen, why: "originate accepts the application's plaintext on listen" }]
+    case "starttls": {
+      const st = l.starttls
+      if (st?.side === "client") {
+        return [
+          {
+            field: "listen",
+            address: l.listen,
+            why: "a client-side starttls listener accepts the application's plaintext on listen"
+          }
+        ]
+      }
+      const app: PlaintextSide = {
+        field: "target",
+        address: l.target,
+        why: "a server-side starttls listener forwards the decrypted bytes to target"
+      }
+      return st?.requireTls === false
+        ? [
+            app,
+            {
+              field: "listen",
+              address: l.listen,
+              why: "with requireTls: false, a client that never sends STARTTLS is relayed in plaintext from listen"
+            }
+          ]
+        : [app]
+    }
+  }
+}
+
+/** Whether an IP address (text, as Node reports it) is loopback: 127.0.0.0/8, ::1 or ::ffff:127.x.x.x. */
+export const isLoopbackIp = (ip: string): boolean => {
+  const family = Net.isIPv4(ip) ? "ipv4" : Net.isIPv6(ip) ? "ipv6" : undefined
+  return family !== undefined && loopback.check(ip, family)
+}
+
+// Node's BlockList also matches IPv4-mapped IPv6 addresses (::ffff:127.0.0.1) against IPv4 rules.
+const loopback = new Net.BlockList()
+loopback.addSubnet("127.0.0.0", 8, "ipv4")
+loopback.addAddress("::1", "ipv6")
+
+/**
+ * Whether an address provably stays on this host: a UNIX socket, a loopback IP literal, or the
+ * name `localhost` (RFC 6761 §6.3 reserves it for loopback; Sleeve also checks, when it dials a
+ * plaintext target by that name, that the connection really went to a loopback address). Any
+ * other host name is treated as network: what it resolves to is not known at check time and may
+ * change under a running sidecar.
+ */
+export const staysOnHost = (a: Address): boolean =>
+  a._tag === "Unix" || isLoopbackIp(a.host) || a.host.toLowerCase() === "localhost"
+
+const checkPlaintext = (
+  l: Listener,
+  policy: SleeveConfig["policy"],
+  error: (path: string, rule: string) => void
+): void => {
+  if (policy.requireTls && l.allowPlaintextNetwork) {
+    error(
+      "allowPlaintextNetwork",
+      "policy.requireTls forbids plaintext application bytes off this host, so this override is not allowed; " +
+        "put the application on the same host (loopback or unix:/path) or remove policy.requireTls"
+    )
+  }
+  for (const side of plaintextSides(l)) {
+    if (staysOnHost(side.address)) continue
+    const shown = formatAddress(side.address)
+    if (policy.requireTls && side.field === "listen" && l.mode === "starttls") {
+      error(
+        "requireTls",
+        `policy.requireTls forbids requireTls: false here: listen ${shown} is not loopback, so a client that never sends STARTTLS ` +
+          "would be relayed in plaintext over the network; set requireTls: true"
+      )
+    } else if (policy.requireTls) {
+      error(
+        side.field,
+        `plaintext on the network: ${side.why}, and ${shown} is not loopback or a UNIX socket; ` +
+          "policy.requireTls forbids that (use 127.0.0.1, [::1], localhost or unix:/path)"
+      )
+    } else if (!l.allowPlaintextNetwork) {
+      error(
+        side.field,
+        `plaintext on the network: ${side.why}, and ${shown} is not loopback or a UNIX socket ` +
+          "(a host name other than localhost counts as network); use 127.0.0.1, [::1], localhost or unix:/path, " +
+          "or set allowPlaintextNetwork: true on this listener to accept it (logged as a warning at every start)"
+      )
+    }
+  }
+}
+
+/**
+ * The warnings a valid configuration still deserves: one for each listener that uses
+ * `allowPlaintextNetwork` for a plaintext side off the host. `sleeve check` prints them; `sleeve run`
+ * logs them at every start and reload.
+ */
+export const plaintextWarnings = (config: SleeveConfig): ReadonlyArray<Problem> =>
+  config.listeners.flatMap((l) => {
+    if (!l.allowPlaintextNetwork) return []
+    const i = config.listeners.indexOf(l)
+    const off = plaintextSides(l).filter((s) => !staysOnHost(s.address))
+    return [
+      {
+        file: config.file,
+        path: `listeners[${i}].allowPlaintextNetwork`,
+        rule:
+          off.length === 0
+            ? `listener "${l.name}" allows plaintext on the network, but none of its plaintext sides leaves this host`
+            : `listener "${l.name}" carries application bytes in plaintext over the network: ${off
+                .map((s) => `${s.field} ${formatAddress(s.address)}`)
+                .join(", ")}`,
+        severity: "warning" as const
+      }
+    ]
+  })

@@ -16,7 +16,9 @@ import { constants as cryptoConstants } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Tls from "node:tls"
 import * as Certificate from "./Certificate.ts"
+import * as DistinguishedName from "./DistinguishedName.ts"
 import type * as ConfigFile from "./ConfigFile.ts"
+import * as Crl from "./Crl.ts"
 import * as PrivateKey from "./PrivateKey.ts"
 
 /** Everything a TLS engine needs for one configuration, loaded and checked. */
@@ -30,6 +32,15 @@ export interface Material {
   readonly ca: ReadonlyArray<Certificate.Certificate>
   readonly caPem: string | undefined
   readonly crlPem: string | undefined
+  /** The CRLs of `crlFile`, each verified against its issuing CA in `caFile`. */
+  readonly crls: ReadonlyArray<Crl.RevocationList>
+  /**
+   * Who applies the CRLs during a handshake: `openssl` (the CRLs are in the secure context; every
+   * certificate of the peer's chain must be covered by a current CRL), `sleeve` (a CRL is stale and
+   * `crlStale: warn`: OpenSSL would refuse every peer, so the CRLs stay out of the context and
+   * `TlsSession` looks the verified chain up in them after the handshake), or `none` (no crlFile).
+   */
+  readonly revocation: "none" | "openssl" | "sleeve"
   /** Node TLS options that realise this configuration (key included, so never log them). */
   readonly secureContextOptions: Tls.SecureContextOptions
   /** Every file this material was read from, for reload-on-change. */
@@ -287,14 +298,53 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
     }
   }
 
+  // crlFile (issue 13 §2). Every CRL must parse and verify against its issuing CA in caFile
+  // before it is put in force: one that does not is an error, so `sleeve run` does not start and a
+  // reload keeps the CRLs in force before it (never a half-read or forged list).
   let crlPem: string | undefined
+  let crls: ReadonlyArray<Crl.RevocationList> = []
+  let revocation: Material["revocation"] = "none"
   if (config.crlFile !== undefined) {
     files.push(config.crlFile)
     const text = readText(config.crlFile)
     if (Result.isFailure(text)) error("crlFile", text.failure)
-    else if (!/-----BEGIN X509 CRL-----/.test(text.success))
-      error("crlFile", `${config.crlFile} holds no X509 CRL block`)
-    else crlPem = text.success
+    else {
+      const parsed = Crl.parsePem(text.success, config.crlFile)
+      if (Result.isFailure(parsed)) error("crlFile", parsed.failure.message)
+      else {
+        const before = problems.length
+        for (const crl of parsed.success) {
+          const issuer = Crl.checkIssuer(crl, ca, options.now)
+          if (Result.isFailure(issuer)) error("crlFile", issuer.failure.message)
+        }
+        if (problems.length === before) {
+          crls = parsed.success
+          crlPem = text.success
+          const stale = crls.filter((c) => Crl.isStale(c, options.now))
+          revocation = stale.length > 0 && config.crlStale === "warn" ? "sleeve" : "openssl"
+          for (const c of stale) {
+            warning(
+              "crlFile",
+              `CRL #${c.index} (issuer "${c.issuerString}") is stale: its nextUpdate ${c.nextUpdate?.toISOString()} has passed; ` +
+                (config.crlStale === "warn"
+                  ? "crlStale: warn keeps serving, still rejecting the certificates it lists; install a fresh CRL"
+                  : "with crlStale: reject every peer whose chain it covers is rejected (CRL_HAS_EXPIRED) until a fresh CRL is installed")
+            )
+          }
+          // Node turns on OpenSSL's CRL check for the whole chain: a CA without a CRL makes every
+          // chain through it fail (UNABLE_TO_GET_CRL).
+          for (const c of ca) {
+            if (!crls.some((l) => DistinguishedName.equals(l.issuer, c.subject))) {
+              warning(
+                "crlFile",
+                `no CRL for CA "${c.subjectString}" of caFile: revocation is checked for every certificate of a peer's chain, ` +
+                  "so peers whose chain goes through this CA are rejected (UNABLE_TO_GET_CRL); add its CRL"
+              )
+            }
+          }
+        }
+      }
+    }
   }
 
   // cipherList is OpenSSL's TLS 1.2 list, cipherSuites the TLS 1.3 one. Node has a single
@@ -328,7 +378,9 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
     ...(chain === undefined ? {} : { cert: chain.map((c) => c.pem).join("") }),
     ...(keyPem === undefined ? {} : { key: Redacted.value(keyPem) }),
     ...(caPem === undefined ? {} : { ca: caPem }),
-    ...(crlPem === undefined ? {} : { crl: crlPem }),
+    // One entry per CRL: Node reads a single CRL from each `crl` entry, so a PEM string with
+    // several would silently give OpenSSL only the first.
+    ...(revocation === "openssl" ? { crl: crls.map((c) => c.pem) } : {}),
     honorCipherOrder: true,
     // Client-initiated renegotiation is refused outright (TLS 1.2; TLS 1.3 has none).
     secureOptions: cryptoConstants.SSL_OP_NO_RENEGOTIATION
@@ -360,7 +412,9 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
 
   const hasError = problems.some((p) => p.severity === "error")
   return {
-    material: hasError ? undefined : { config, chain, keyPem, ca, caPem, crlPem, secureContextOptions, files },
+    material: hasError
+      ? undefined
+      : { config, chain, keyPem, ca, caPem, crlPem, crls, revocation, secureContextOptions, files },
     problems
   }
 }

@@ -118,6 +118,7 @@ describe("ConfigFile.decode: the issue's example file", () => {
       verifyPeer: "require",
       verifyDepth: 2,
       crlFile: undefined,
+      crlStale: "reject",
       authorizedPeers: [dn("CN=node2,OU=Mirror,O=Example Corp"), dn("CN=arbiter,OU=Mirror,O=Example Corp")],
       requireDualUse: true
     })
@@ -145,7 +146,8 @@ describe("ConfigFile.decode: the issue's example file", () => {
         handshakeTimeoutMs: 5_000,
         idleTimeoutMs: ConfigFile.defaults.idleTimeoutMs,
         connectTimeoutMs: ConfigFile.defaults.connectTimeoutMs,
-        maxConnections: 16
+        maxConnections: 16,
+        allowPlaintextNetwork: false
       },
       {
         name: "mirror-out",
@@ -160,7 +162,8 @@ describe("ConfigFile.decode: the issue's example file", () => {
         handshakeTimeoutMs: ConfigFile.defaults.handshakeTimeoutMs,
         idleTimeoutMs: 0,
         connectTimeoutMs: ConfigFile.defaults.connectTimeoutMs,
-        maxConnections: ConfigFile.defaults.maxConnections
+        maxConnections: ConfigFile.defaults.maxConnections,
+        allowPlaintextNetwork: false
       }
     ])
     expect(config.admin).toEqual({ listen: { _tag: "Tcp", host: "127.0.0.1", port: 9464 } })
@@ -406,12 +409,12 @@ tls:
   C: { type: client, caFile: ca.pem }
   Off: { type: server, enabled: false, certificateFile: s.crt, privateKeyFile: s.key }
 listeners:
-  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: Missing }
-  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "h:1", tls: Off }
-  - { name: c, mode: terminate, listen: "0.0.0.0:3", target: "h:1", tls: C }
-  - { name: d, mode: originate, listen: "0.0.0.0:4", target: "h:1", tls: S }
-  - { name: e, mode: starttls, protocol: smtp, side: client, listen: "0.0.0.0:5", target: "h:1", tls: S }
-  - { name: f, mode: starttls, protocol: smtp, listen: "0.0.0.0:6", target: "h:1", tls: C }
+  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: Missing }
+  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "127.0.0.1:1", tls: Off }
+  - { name: c, mode: terminate, listen: "0.0.0.0:3", target: "127.0.0.1:1", tls: C }
+  - { name: d, mode: originate, listen: "0.0.0.0:4", target: "127.0.0.1:1", tls: S }
+  - { name: e, mode: starttls, protocol: smtp, side: client, listen: "0.0.0.0:5", target: "127.0.0.1:1", tls: S }
+  - { name: f, mode: starttls, protocol: smtp, listen: "0.0.0.0:6", target: "127.0.0.1:1", tls: C }
 `)
     ).toEqual([
       'sleeve.yaml: listeners[0].tls: no TLS configuration named "Missing" (known: S, C, Off)',
@@ -422,7 +425,9 @@ listeners:
       'sleeve.yaml: listeners[5].tls: TLS configuration "C" is of type client, but a starttls side: server listener needs type server'
     ])
     expect(
-      problems('tls: {}\nlisteners:\n  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: X }\n')
+      problems(
+        'tls: {}\nlisteners:\n  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: X }\n'
+      )
     ).toEqual(['sleeve.yaml: listeners[0].tls: no TLS configuration named "X"'])
   })
 
@@ -483,9 +488,9 @@ tls:
   C: { type: client, caFile: ca, protocols: { min: TLSv1 } }
   D: { type: client }
 listeners:
-  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S }
-  - { name: b, mode: originate, listen: "0.0.0.0:1", target: "h:1", tls: D, colour: red }
-  - { name: c, mode: originate, listen: "0.0.0.0:1", target: "h:1", tls: Nope }
+  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S }
+  - { name: b, mode: originate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: D, colour: red }
+  - { name: c, mode: originate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: Nope }
 admin: { listen: 9464 }
 drainTimeout: true
 expiryWarning: 2 weeks
@@ -512,7 +517,9 @@ colour: blue
     ])
     // Without a readable tls mapping no reference can be judged, so none is blamed.
     expect(
-      problems('tls: [1]\nlisteners:\n  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S }\n')
+      problems(
+        'tls: [1]\nlisteners:\n  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S }\n'
+      )
     ).toEqual(["sleeve.yaml: tls: expected object, got [1]"])
   })
 })
@@ -606,6 +613,7 @@ tls:
     certificateFile: /srv/tls/node1.crt
     privateKeyFile: keys/node1.key
     privateKeyPassword: { file: ./secrets/pw }
+    verifyPeer: require
     crlFile: crl.pem
 `
     const abs = tlsOf(decoded(text, "/etc/sleeve/sleeve.yaml"), "X")
@@ -695,13 +703,13 @@ describe("ConfigFile.decode: listener rules", () => {
   it("duplicate listener names and addresses, with the file's indices", () => {
     expect(
       problems(
-        withListeners(`  - { name: broken, mode: terminate, listen: "nowhere", target: "h:1", tls: S }
-  - { name: a, mode: terminate, listen: "0.0.0.0:8443", target: "h:1", tls: S }
-  - { name: a, mode: terminate, listen: "0.0.0.0:8444", target: "h:1", tls: S }
-  - { name: b, mode: terminate, listen: "0.0.0.0:8443", target: "h:1", tls: S }
-  - { name: c, mode: terminate, listen: "[::1]:8443", target: "h:1", tls: S }
-  - { name: d, mode: terminate, listen: "[::1]:8443", target: "h:1", tls: Nope }
-  - { name: e, mode: terminate, listen: "127.0.0.1:9464", target: "h:1", tls: S }
+        withListeners(`  - { name: broken, mode: terminate, listen: "nowhere", target: "127.0.0.1:1", tls: S }
+  - { name: a, mode: terminate, listen: "0.0.0.0:8443", target: "127.0.0.1:1", tls: S }
+  - { name: a, mode: terminate, listen: "0.0.0.0:8444", target: "127.0.0.1:1", tls: S }
+  - { name: b, mode: terminate, listen: "0.0.0.0:8443", target: "127.0.0.1:1", tls: S }
+  - { name: c, mode: terminate, listen: "[::1]:8443", target: "127.0.0.1:1", tls: S }
+  - { name: d, mode: terminate, listen: "[::1]:8443", target: "127.0.0.1:1", tls: Nope }
+  - { name: e, mode: terminate, listen: "127.0.0.1:9464", target: "127.0.0.1:1", tls: S }
 `)
       )
     ).toEqual([
@@ -714,8 +722,8 @@ describe("ConfigFile.decode: listener rules", () => {
     ])
     // Port 0 (a free port chosen by the system) never clashes.
     const c = decoded(
-      withListeners(`  - { name: a, mode: terminate, listen: "127.0.0.1:0", target: "h:1", tls: S }
-  - { name: b, mode: terminate, listen: "127.0.0.1:0", target: "h:1", tls: S }
+      withListeners(`  - { name: a, mode: terminate, listen: "127.0.0.1:0", target: "127.0.0.1:1", tls: S }
+  - { name: b, mode: terminate, listen: "127.0.0.1:0", target: "127.0.0.1:1", tls: S }
 `)
     )
     expect(c.listeners).toHaveLength(2)
@@ -723,8 +731,8 @@ describe("ConfigFile.decode: listener rules", () => {
 
   it("durations: seconds as a number, or <n>ms|s|m|h|d; idleTimeout 0 disables, other timeouts must be above 0", () => {
     const c = decoded(
-      withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S, handshakeTimeout: 500ms, idleTimeout: 0, connectTimeout: 2.5 }
-  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "h:1", tls: S, handshakeTimeout: 1.5s, idleTimeout: 2h, connectTimeout: 1m }
+      withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S, handshakeTimeout: 500ms, idleTimeout: 0, connectTimeout: 2.5 }
+  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "127.0.0.1:1", tls: S, handshakeTimeout: 1.5s, idleTimeout: 2h, connectTimeout: 1m }
 drainTimeout: 0
 expiryWarning: 1d
 `)
@@ -737,7 +745,7 @@ expiryWarning: 1d
     expect(c.expiryWarningMs).toBe(86_400_000)
     expect(
       problems(
-        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S, handshakeTimeout: 0, connectTimeout: 0s, idleTimeout: "1 week" }
+        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S, handshakeTimeout: 0, connectTimeout: 0s, idleTimeout: "1 week" }
 expiryWarning: 30 days
 `)
       )
@@ -752,11 +760,11 @@ expiryWarning: 30 days
   it("STARTTLS fields only with mode: starttls; a protocol is required; line needs its command and reply", () => {
     expect(
       problems(
-        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S, protocol: smtp, requireTls: false }
-  - { name: b, mode: starttls, listen: "0.0.0.0:2", target: "h:1", tls: S }
-  - { name: c, mode: starttls, protocol: line, listen: "0.0.0.0:3", target: "h:1", tls: S }
-  - { name: d, mode: starttls, protocol: smtp, line: { command: STARTTLS, reply: OK }, listen: "0.0.0.0:4", target: "h:1", tls: S }
-  - { name: e, mode: starttls, protocol: smtp, maxCleartextBytes: 10, listen: "0.0.0.0:5", target: "h:1", tls: S }
+        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S, protocol: smtp, requireTls: false }
+  - { name: b, mode: starttls, listen: "0.0.0.0:2", target: "127.0.0.1:1", tls: S }
+  - { name: c, mode: starttls, protocol: line, listen: "0.0.0.0:3", target: "127.0.0.1:1", tls: S }
+  - { name: d, mode: starttls, protocol: smtp, line: { command: STARTTLS, reply: OK }, listen: "0.0.0.0:4", target: "127.0.0.1:1", tls: S }
+  - { name: e, mode: starttls, protocol: smtp, maxCleartextBytes: 10, listen: "0.0.0.0:5", target: "127.0.0.1:1", tls: S }
 `)
       )
     ).toEqual([
@@ -775,8 +783,8 @@ expiryWarning: 30 days
     requireTls: false
     maxCleartextBytes: 1024
     clientName: sleeve.example.com
-    listen: "0.0.0.0:3"
-    target: "h:1"
+    listen: "127.0.0.1:3"
+    target: "127.0.0.1:1"
     tls: S
 `)
     )
@@ -794,8 +802,8 @@ expiryWarning: 30 days
   it("what Sleeve itself sends in a STARTTLS dialogue must be one clean protocol line", () => {
     expect(
       problems(
-        withListeners(`  - { name: a, mode: starttls, protocol: smtp, side: client, clientName: "evil\\r\\nRCPT TO:<x>", listen: "0.0.0.0:1", target: "h:25", tls: C }
-  - { name: b, mode: starttls, protocol: line, line: { command: "STARTTLS\\n", reply: "\\u0100K" }, listen: "0.0.0.0:2", target: "h:1", tls: S }
+        withListeners(`  - { name: a, mode: starttls, protocol: smtp, side: client, clientName: "evil\\r\\nRCPT TO:<x>", listen: "0.0.0.0:1", target: "127.0.0.1:25", tls: C }
+  - { name: b, mode: starttls, protocol: line, line: { command: "STARTTLS\\n", reply: "\\u0100K" }, listen: "0.0.0.0:2", target: "127.0.0.1:1", tls: S }
 `)
       )
     ).toEqual([
@@ -808,8 +816,8 @@ expiryWarning: 30 days
   it("serverName and insecureSkipHostnameVerification only apply to client-side TLS", () => {
     expect(
       problems(
-        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "h:1", tls: S, serverName: h }
-  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "h:1", tls: S, insecureSkipHostnameVerification: true }
+        withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:1", tls: S, serverName: h }
+  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "127.0.0.1:1", tls: S, insecureSkipHostnameVerification: true }
 `)
       )
     ).toEqual([
@@ -818,7 +826,7 @@ expiryWarning: 30 days
     ])
     const c = decoded(
       withListeners(
-        '  - { name: a, mode: originate, listen: "0.0.0.0:1", target: "10.0.0.5:5432", tls: C, insecureSkipHostnameVerification: true }\n'
+        '  - { name: a, mode: originate, listen: "127.0.0.1:1", target: "10.0.0.5:5432", tls: C, insecureSkipHostnameVerification: true }\n'
       )
     )
     expect(c.listeners[0]?.insecureSkipHostnameVerification).toBe(true)
@@ -978,6 +986,152 @@ ${mode === "starttls" ? "    protocol: smtp\n" : ""}${extra}`
     ])
     expect(problems(withListener("    negotiationTimeout: 0s\n"))).toEqual([
       "sleeve.yaml: listeners[0].negotiationTimeout: must be above 0"
+    ])
+  })
+})
+
+describe("plaintext guardrails (issue 13 §3)", () => {
+  const head = `tls:
+  S: { type: server, certificateFile: c, privateKeyFile: k }
+  C: { type: client, caFile: ca }
+`
+  const withListeners = (listeners: string, top = "") =>
+    `${head}${top}listeners:${listeners === "" ? " []" : ""}\n${listeners}`
+  const rule = (why: string, shown: string) =>
+    `plaintext on the network: ${why}, and ${shown} is not loopback or a UNIX socket ` +
+    "(a host name other than localhost counts as network); use 127.0.0.1, [::1], localhost or unix:/path, " +
+    `or set allowPlaintextNetwork: true on this listener to accept it (logged as a warning at every start)`
+
+  it("the plaintext side of each mode must stay on the host; the TLS side may be anywhere", () => {
+    expect(
+      problems(
+        withListeners(`  - { name: t, mode: terminate, listen: "0.0.0.0:1", target: "10.0.0.5:80", tls: S }
+  - { name: o, mode: originate, listen: "0.0.0.0:2", target: "db.example.com:5432", tls: C }
+  - { name: ss, mode: starttls, protocol: smtp, listen: "0.0.0.0:3", target: "mail-app:25", tls: S }
+  - { name: sf, mode: starttls, protocol: smtp, requireTls: false, listen: "0.0.0.0:4", target: "127.0.0.1:25", tls: S }
+  - { name: sc, mode: starttls, protocol: imap, side: client, listen: "[::]:5", target: "mail.example.com:143", tls: C }
+`)
+      )
+    ).toEqual([
+      `sleeve.yaml: listeners[0].target: ${rule("terminate forwards the decrypted bytes to target", "10.0.0.5:80")}`,
+      `sleeve.yaml: listeners[1].listen: ${rule("originate accepts the application's plaintext on listen", "0.0.0.0:2")}`,
+      `sleeve.yaml: listeners[2].target: ${rule("a server-side starttls listener forwards the decrypted bytes to target", "mail-app:25")}`,
+      `sleeve.yaml: listeners[3].listen: ${rule("with requireTls: false, a client that never sends STARTTLS is relayed in plaintext from listen", "0.0.0.0:4")}`,
+      `sleeve.yaml: listeners[4].listen: ${rule("a client-side starttls listener accepts the application's plaintext on listen", "[::]:5")}`
+    ])
+  })
+
+  it("loopback literals, localhost and UNIX sockets stay on the host; other names and wildcard addresses do not", () => {
+    const c = decoded(
+      withListeners(`  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.2:80", tls: S }
+  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "[::1]:80", tls: S }
+  - { name: c, mode: terminate, listen: "0.0.0.0:3", target: "LocalHost:80", tls: S }
+  - { name: d, mode: terminate, listen: "0.0.0.0:4", target: "unix:/run/app.sock", tls: S }
+  - { name: e, mode: terminate, listen: "0.0.0.0:5", target: "[::ffff:127.0.0.1]:80", tls: S }
+  - { name: f, mode: originate, listen: "localhost:6", target: "db.example.com:5432", tls: C }
+  - { name: g, mode: starttls, protocol: smtp, requireTls: false, listen: "127.0.0.1:7", target: "127.0.0.1:25", tls: S }
+`)
+    )
+    expect(c.listeners.map((l) => l.allowPlaintextNetwork)).toEqual([false, false, false, false, false, false, false])
+    expect(ConfigFile.plaintextWarnings(c)).toEqual([])
+    for (const host of ["127.0.0.1", "127.9.9.9", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"]) {
+      expect(ConfigFile.isLoopbackIp(host)).toBe(true)
+    }
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "::ffff:10.0.0.1", "fe80::1", "localhost", "app"]) {
+      expect(ConfigFile.isLoopbackIp(host)).toBe(false)
+    }
+    // `localhost.example.com` is a name like any other: network.
+    expect(
+      problems(
+        withListeners(
+          `  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "localhost.example.com:80", tls: S }\n`
+        )
+      )
+    ).toEqual([
+      `sleeve.yaml: listeners[0].target: ${rule("terminate forwards the decrypted bytes to target", "localhost.example.com:80")}`
+    ])
+  })
+
+  it("allowPlaintextNetwork: true accepts a plaintext side on the network, with a warning for check and run", () => {
+    const c = decoded(
+      withListeners(`  - { name: legacy, mode: terminate, listen: "0.0.0.0:1", target: "10.0.0.5:80", tls: S, allowPlaintextNetwork: true }
+  - { name: local, mode: terminate, listen: "0.0.0.0:2", target: "127.0.0.1:80", tls: S, allowPlaintextNetwork: true }
+  - { name: plain, mode: terminate, listen: "0.0.0.0:3", target: "127.0.0.1:81", tls: S }
+`)
+    )
+    expect(c.listeners.map((l) => l.allowPlaintextNetwork)).toEqual([true, true, false])
+    expect(ConfigFile.plaintextWarnings(c).map(ConfigFile.formatProblem)).toEqual([
+      `${c.file}: listeners[0].allowPlaintextNetwork: warning: listener "legacy" carries application bytes in plaintext over the network: target 10.0.0.5:80`,
+      `${c.file}: listeners[1].allowPlaintextNetwork: warning: listener "local" allows plaintext on the network, but none of its plaintext sides leaves this host`
+    ])
+    expect(
+      problems(
+        withListeners(
+          `  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "127.0.0.1:80", tls: S, allowPlaintextNetwork: 1 }\n`
+        )
+      )
+    ).toEqual(["sleeve.yaml: listeners[0].allowPlaintextNetwork: expected boolean, got 1"])
+  })
+
+  it("policy.requireTls forbids the override and a STARTTLS plaintext fallback off the host, and says why", () => {
+    const policy = "policy:\n  requireTls: true\n"
+    expect(decoded(withListeners("", policy)).policy).toEqual({ requireTls: true })
+    expect(decoded(withListeners("")).policy).toEqual({ requireTls: false })
+    expect(
+      problems(
+        withListeners(
+          `  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "10.0.0.5:80", tls: S, allowPlaintextNetwork: true }
+  - { name: b, mode: terminate, listen: "0.0.0.0:2", target: "127.0.0.1:80", tls: S, allowPlaintextNetwork: true }
+  - { name: c, mode: originate, listen: "0.0.0.0:3", target: "db.example.com:5432", tls: C }
+  - { name: d, mode: starttls, protocol: smtp, requireTls: false, listen: "0.0.0.0:4", target: "127.0.0.1:25", tls: S }
+`,
+          policy
+        )
+      )
+    ).toEqual([
+      "sleeve.yaml: listeners[0].allowPlaintextNetwork: policy.requireTls forbids plaintext application bytes off this host, so this override is not allowed; put the application on the same host (loopback or unix:/path) or remove policy.requireTls",
+      "sleeve.yaml: listeners[0].target: plaintext on the network: terminate forwards the decrypted bytes to target, and 10.0.0.5:80 is not loopback or a UNIX socket; policy.requireTls forbids that (use 127.0.0.1, [::1], localhost or unix:/path)",
+      "sleeve.yaml: listeners[1].allowPlaintextNetwork: policy.requireTls forbids plaintext application bytes off this host, so this override is not allowed; put the application on the same host (loopback or unix:/path) or remove policy.requireTls",
+      "sleeve.yaml: listeners[2].listen: plaintext on the network: originate accepts the application's plaintext on listen, and 0.0.0.0:3 is not loopback or a UNIX socket; policy.requireTls forbids that (use 127.0.0.1, [::1], localhost or unix:/path)",
+      "sleeve.yaml: listeners[3].requireTls: policy.requireTls forbids requireTls: false here: listen 0.0.0.0:4 is not loopback, so a client that never sends STARTTLS would be relayed in plaintext over the network; set requireTls: true"
+    ])
+    // Everything on the host, STARTTLS required on the network side: allowed under the policy.
+    const ok = decoded(
+      withListeners(
+        `  - { name: a, mode: terminate, listen: "0.0.0.0:1", target: "unix:/run/app.sock", tls: S }
+  - { name: b, mode: originate, listen: "127.0.0.1:2", target: "db.example.com:5432", tls: C }
+  - { name: c, mode: starttls, protocol: smtp, listen: "0.0.0.0:3", target: "127.0.0.1:25", tls: S }
+  - { name: d, mode: starttls, protocol: smtp, requireTls: false, listen: "127.0.0.1:4", target: "127.0.0.1:26", tls: S }
+`,
+        policy
+      )
+    )
+    expect(ok.listeners).toHaveLength(4)
+    expect(problems(withListeners("", "policy:\n  requireTls: yes\n  other: 1\n"))).toEqual([
+      'sleeve.yaml: policy.other: unknown key "other"',
+      'sleeve.yaml: policy.requireTls: expected boolean, got "yes"'
+    ])
+  })
+})
+
+describe("crlFile and crlStale (issue 13 §2)", () => {
+  it("crlStale defaults to reject, accepts warn, needs a crlFile; a CRL needs peer verification", () => {
+    const c = decoded(`tls:
+  A: { type: server, certificateFile: c, privateKeyFile: k, caFile: ca, verifyPeer: require, crlFile: crl.pem }
+  B: { type: client, caFile: ca, crlFile: crl.pem, crlStale: warn }
+`)
+    expect(tlsOf(c, "A").crlStale).toBe("reject")
+    expect(tlsOf(c, "B").crlStale).toBe("warn")
+    expect(
+      problems(`tls:
+  A: { type: server, certificateFile: c, privateKeyFile: k, crlFile: crl.pem }
+  B: { type: client, caFile: ca, crlStale: warn }
+  C: { type: client, caFile: ca, crlFile: crl.pem, crlStale: never }
+`)
+    ).toEqual([
+      "sleeve.yaml: tls.A.crlFile: has no effect with verifyPeer: none (no peer certificate is verified); set verifyPeer or remove it",
+      "sleeve.yaml: tls.B.crlStale: only applies with a crlFile",
+      'sleeve.yaml: tls.C.crlStale: expected "reject" | "warn", got "never"'
     ])
   })
 })

@@ -31,6 +31,7 @@ const config = (
   verifyPeer: overrides.verifyPeer ?? "require",
   verifyDepth: overrides.verifyDepth ?? 9,
   crlFile: undefined,
+  crlStale: "reject",
   authorizedPeers: (overrides.authorizedPeers ?? []).map(dn),
   requireDualUse: overrides.requireDualUse ?? false
 })

@@ -395,16 +395,101 @@ requireDualUse: true`)
       ])
     })
 
-    it("a CRL file without a CRL, or with one OpenSSL cannot parse", async () => {
+    it("a CRL file without a CRL, or with one that cannot be parsed", async () => {
       const empty = await pki.write("empty.crl", "nothing here\n")
-      await pki.write("garbage.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+      const garbage = await pki.write("garbage.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
       const base = "type: client\ncaFile: root-ca.pem\n"
       expect(lines(load(configOf(`${base}crlFile: empty.crl`)))).toEqual([
         `sleeve.yaml: tls.X.crlFile: ${empty} holds no X509 CRL block`
       ])
-      expect(lines(load(configOf(`${base}crlFile: garbage.crl`)))).toEqual([
-        `sleeve.yaml: tls.X.crlFile: rejected by this Node/OpenSSL (${process.versions.openssl}): Failed to parse CRL`
+      const broken = lines(load(configOf(`${base}crlFile: garbage.crl`)))
+      expect(broken).toHaveLength(1)
+      expect(broken[0]).toMatch(new RegExp(`^sleeve\\.yaml: tls\\.X\\.crlFile: ${garbage}: CRL #1 cannot be parsed: `))
+    })
+
+    it("a CRL must be signed by its issuer in caFile, with cRLSign, and already valid; every CRL is put in force", async () => {
+      const base = "type: client\ncaFile: root-ca.pem\n"
+      // Issued by a CA that is not in caFile.
+      const foreign = await pki.crl(otherRoot, { name: "other-root-crl" })
+      expect(lines(load(configOf(`${base}crlFile: ${foreign.file}`)))).toEqual([
+        `sleeve.yaml: tls.X.crlFile: CRL #1 (issuer "CN=Other Root,O=Elsewhere") was not issued by a CA in caFile; OpenSSL could not verify it and would reject every peer it applies to`
       ])
+      // Same issuer DN, another key: a forged CRL.
+      const impostorPki = await TestPki.make()
+      try {
+        const impostor = await impostorPki.ca({
+          name: "impostor",
+          subject: [{ CN: "Sleeve Test Root" }, { O: "Example Corp" }]
+        })
+        const forged = await impostorPki.crl(impostor, { name: "forged" })
+        expect(lines(load(configOf(`${base}crlFile: ${forged.file}`)))).toEqual([
+          `sleeve.yaml: tls.X.crlFile: CRL #1 (issuer "CN=Sleeve Test Root,O=Example Corp"): its signature does not verify with the key of "CN=Sleeve Test Root,O=Example Corp" in caFile (a forged, corrupted or re-keyed CRL)`
+        ])
+        const noCrlSign = await impostorPki.ca({ name: "no-crl-sign", keyUsage: ["keyCertSign"] })
+        const unusable = await impostorPki.crl(noCrlSign, { name: "unusable" })
+        expect(
+          lines(load(configOf(`type: client\ncaFile: ${impostorPki.caFile}\ncrlFile: ${unusable.file}`))).filter((l) =>
+            l.includes("cRLSign")
+          )
+        ).toEqual([
+          `sleeve.yaml: tls.X.crlFile: CRL #1 (issuer "CN=no-crl-sign"): the issuing CA's Key Usage does not include cRLSign, so OpenSSL refuses its CRLs`
+        ])
+      } finally {
+        await impostorPki.cleanup()
+      }
+      const future = await pki.crl(root, { name: "future", thisUpdate: new Date(Date.now() + DAY) })
+      expect(lines(load(configOf(`${base}crlFile: ${future.file}`)))[0]).toMatch(
+        /^sleeve\.yaml: tls\.X\.crlFile: CRL #1 \(issuer "CN=Sleeve Test Root,O=Example Corp"\) is not valid yet \(thisUpdate /
+      )
+      // A good CRL followed by a bad one: nothing is put in force (all or nothing).
+      const good = await pki.crl(root, { name: "good" })
+      const mixed = await pki.write("mixed.crl.pem", good.pem + foreign.pem)
+      const loadedMixed = load(configOf(`${base}crlFile: ${mixed}`))
+      expect(loadedMixed.material).toBeUndefined()
+      expect(lines(loadedMixed)).toEqual([
+        `sleeve.yaml: tls.X.crlFile: CRL #2 (issuer "CN=Other Root,O=Elsewhere") was not issued by a CA in caFile; OpenSSL could not verify it and would reject every peer it applies to`
+      ])
+      // Two CRLs, two CAs: both reach OpenSSL, one `crl` entry each.
+      const both = await pki.write("root-and-intermediate-ca.pem", intermediate.certPem + root.certPem)
+      const interCrl = await pki.crl(intermediate, { name: "inter" })
+      const two = await pki.write("two.crl.pem", good.pem + interCrl.pem)
+      const loaded = load(configOf(`type: client\ncaFile: ${both}\ncrlFile: ${two}`))
+      expect(lines(loaded)).toEqual([])
+      expect(loaded.material?.revocation).toBe("openssl")
+      expect(loaded.material?.crls.map((c) => [c.index, c.issuerString, c.crlNumber])).toEqual([
+        [1, "CN=Sleeve Test Root,O=Example Corp", expect.any(String)],
+        [2, "CN=Sleeve Issuing CA,O=Example Corp", expect.any(String)]
+      ])
+      expect(loaded.material?.secureContextOptions.crl).toEqual([good.pem, interCrl.pem])
+    })
+
+    it("a CA of caFile without a CRL, and a stale CRL, are warned about; crlStale decides who applies the CRL", async () => {
+      const both = await pki.write("root-and-intermediate-ca-2.pem", intermediate.certPem + root.certPem)
+      const rootCrl = await pki.crl(root, { name: "root-only" })
+      const missing = load(configOf(`type: client\ncaFile: ${both}\ncrlFile: ${rootCrl.file}`))
+      expect(lines(missing)).toEqual([
+        'sleeve.yaml: tls.X.crlFile: warning: no CRL for CA "CN=Sleeve Issuing CA,O=Example Corp" of caFile: revocation is checked for every certificate of a peer\'s chain, so peers whose chain goes through this CA are rejected (UNABLE_TO_GET_CRL); add its CRL'
+      ])
+      expect(missing.material?.revocation).toBe("openssl")
+      const nextUpdate = new Date(Date.now() - 600_000)
+      const stale = await pki.crl(root, { name: "stale", thisUpdate: new Date(Date.now() - DAY), nextUpdate })
+      const rejecting = load(configOf(`type: client\ncaFile: root-ca.pem\ncrlFile: ${stale.file}`))
+      expect(lines(rejecting)).toEqual([
+        `sleeve.yaml: tls.X.crlFile: warning: CRL #1 (issuer "CN=Sleeve Test Root,O=Example Corp") is stale: its nextUpdate ${nextUpdate.toISOString().replace(/\.\d{3}Z$/, ".000Z")} has passed; with crlStale: reject every peer whose chain it covers is rejected (CRL_HAS_EXPIRED) until a fresh CRL is installed`
+      ])
+      expect(rejecting.material?.revocation).toBe("openssl")
+      expect(rejecting.material?.secureContextOptions.crl).toEqual([stale.pem])
+      const warning = load(configOf(`type: client\ncaFile: root-ca.pem\ncrlFile: ${stale.file}\ncrlStale: warn`))
+      expect(lines(warning)[0]).toContain("crlStale: warn keeps serving, still rejecting the certificates it lists")
+      expect(warning.material?.revocation).toBe("sleeve")
+      expect(warning.material?.secureContextOptions.crl).toBeUndefined()
+      expect(warning.material?.crls).toHaveLength(1)
+      // The same CRL before its nextUpdate is not stale.
+      const before = load(configOf(`type: client\ncaFile: root-ca.pem\ncrlFile: ${stale.file}\ncrlStale: warn`), {
+        now: new Date(nextUpdate.getTime() - 60_000)
+      })
+      expect(lines(before)).toEqual([])
+      expect(before.material?.revocation).toBe("openssl")
     })
 
     it("a malformed key file, and a key of a refused kind (reported against the key file, not the password)", async () => {

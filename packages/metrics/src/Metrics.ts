@@ -47,7 +47,9 @@ export const MetricName = {
   configReloadsTotal: "sleeve_config_reloads_total",
   configLastReloadSuccessTimestampSeconds: "sleeve_config_last_reload_success_timestamp_seconds",
   configLastReloadSuccessful: "sleeve_config_last_reload_successful",
-  ready: "sleeve_ready"
+  ready: "sleeve_ready",
+  // revocation (issue 13 §2)
+  crlNextUpdateTimestampSeconds: "sleeve_tls_crl_next_update_timestamp_seconds"
 } as const
 
 /** One of the `sleeve_*` metric names. */
@@ -91,6 +93,10 @@ export const failureReasons = [
   "dual_use",
   "dn_rejected",
   "timeout",
+  // revocation (issue 13 §2): a certificate of the peer's chain is listed in a CRL; no usable CRL
+  // covers a certificate of the chain (missing, past nextUpdate, not yet valid, bad signature)
+  "revoked",
+  "crl_unavailable",
   "other"
 ] as const
 /** `reason` label value of a handshake failure. */
@@ -225,6 +231,17 @@ export interface Recorder {
   readonly configReload: (result: ReloadResult) => void
   /** Sets `sleeve_ready` (1 when every listener is up and the sidecar is not draining). */
   readonly setReady: (ready: boolean) => void
+  /**
+   * Replaces the CRL nextUpdate set (on start and reload): per TLS configuration, the soonest
+   * nextUpdate of its CRLs. Configurations no longer listed disappear.
+   */
+  readonly replaceCrls: (crls: Iterable<CrlNextUpdate>) => void
+}
+
+/** The nextUpdate of one CRL of a named TLS configuration. */
+export interface CrlNextUpdate {
+  readonly tlsConfig: string
+  readonly nextUpdate: Date
 }
 
 /**
@@ -412,6 +429,13 @@ export const make = (options: MakeOptions = {}): Recorder => {
     registers
   })
   for (const result of reloadResults) reloads.inc({ result }, 0)
+  // revocation (issue 13 §2)
+  const crlNextUpdate = new Prom.Gauge({
+    name: MetricName.crlNextUpdateTimestampSeconds,
+    help: "Soonest nextUpdate (Unix seconds) of the CRLs of a TLS configuration; a CRL is stale after it.",
+    labelNames: ["tls_config"] as const,
+    registers
+  })
 
   // The histogram has no "create if absent": `zero` resets a series, so remember which exist.
   const durationSeries = new Set<string>()
@@ -566,6 +590,18 @@ export const make = (options: MakeOptions = {}): Recorder => {
     setReady: (isReady) => {
       if (typeof isReady !== "boolean") throw failure("readiness", isReady)
       ready.set(isReady ? 1 : 0)
+    },
+    replaceCrls: (list) => {
+      // Validate first: a bad entry leaves the old set intact.
+      const soonest = new Map<string, number>()
+      for (const { tlsConfig, nextUpdate } of list) {
+        checkName("tls config name", tlsConfig)
+        const t = checkDate("CRL nextUpdate", nextUpdate)
+        const previous = soonest.get(tlsConfig)
+        if (previous === undefined || t < previous) soonest.set(tlsConfig, t)
+      }
+      crlNextUpdate.reset()
+      for (const [tlsConfig, t] of soonest) crlNextUpdate.set({ tls_config: tlsConfig }, t / 1000)
     }
   }
 }
@@ -594,7 +630,8 @@ export const makeNoop = (): Recorder => {
     peerCertificateNotAfter: nothing,
     configLoaded: nothing,
     configReload: nothing,
-    setReady: nothing
+    setReady: nothing,
+    replaceCrls: nothing
   }
 }
 
@@ -632,7 +669,20 @@ const verifyCodes: Readonly<Record<string, FailureReason>> = {
   ERROR_IN_CERT_NOT_BEFORE_FIELD: "bad_certificate",
   ERROR_IN_CERT_NOT_AFTER_FIELD: "bad_certificate",
   CERT_CHAIN_TOO_LONG: "bad_certificate",
-  CERT_REVOKED: "bad_certificate",
+  CERT_REVOKED: "revoked",
+  // A certificate of the chain has no usable CRL (Node checks the whole chain once a CRL is set).
+  UNABLE_TO_GET_CRL: "crl_unavailable",
+  CRL_HAS_EXPIRED: "crl_unavailable",
+  CRL_NOT_YET_VALID: "crl_unavailable",
+  CRL_SIGNATURE_FAILURE: "crl_unavailable",
+  UNABLE_TO_DECRYPT_CRL_SIGNATURE: "crl_unavailable",
+  ERROR_IN_CRL_LAST_UPDATE_FIELD: "crl_unavailable",
+  ERROR_IN_CRL_NEXT_UPDATE_FIELD: "crl_unavailable",
+  UNABLE_TO_GET_CRL_ISSUER: "crl_unavailable",
+  KEYUSAGE_NO_CRL_SIGN: "crl_unavailable",
+  DIFFERENT_CRL_SCOPE: "crl_unavailable",
+  UNHANDLED_CRITICAL_CRL_EXTENSION: "crl_unavailable",
+  CRL_PATH_VALIDATION_ERROR: "crl_unavailable",
   CERT_REJECTED: "bad_certificate",
   INVALID_CA: "bad_certificate",
   PATH_LENGTH_EXCEEDED: "bad_certificate",
@@ -652,7 +702,7 @@ const alerts: Readonly<Record<string, FailureReason>> = {
   UNKNOWN_CA: "unknown_ca",
   BAD_CERTIFICATE: "bad_certificate",
   CERTIFICATE_UNKNOWN: "bad_certificate",
-  CERTIFICATE_REVOKED: "bad_certificate",
+  CERTIFICATE_REVOKED: "revoked",
   CERTIFICATE_EXPIRED: "expired",
   UNSUPPORTED_CERTIFICATE: "dual_use",
   CERTIFICATE_REQUIRED: "no_certificate",

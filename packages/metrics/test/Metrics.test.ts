@@ -94,7 +94,8 @@ describe("Metrics.layer", () => {
           sleeve_config_reloads_total: "counter",
           sleeve_config_last_reload_success_timestamp_seconds: "gauge",
           sleeve_config_last_reload_successful: "gauge",
-          sleeve_ready: "gauge"
+          sleeve_ready: "gauge",
+          sleeve_tls_crl_next_update_timestamp_seconds: "gauge"
         }
         for (const [name, type] of Object.entries(expected)) assert.strictEqual(types.get(name), type, name)
         assert.deepStrictEqual(
@@ -151,7 +152,7 @@ describe("Metrics.layer", () => {
         }
         zero(N.starttlsDiscardedBytesTotal, { listener: "pg", protocol: "postgres" })
         assert.deepStrictEqual(created, expected)
-        assert.strictEqual(Object.keys(created).length, 2 * (4 + 11 + 1 + 16) + 1 + 1 + 7 + 2 + 3 + 1)
+        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 7 + 2 + 3 + 1)
 
         // Registering again (a reload) keeps the values recorded so far.
         m.handshake("pg", "server", "ok", 0.02)
@@ -302,6 +303,38 @@ describe("Metrics.layer", () => {
         const discarded = yield* changesOf(m, () => m.starttlsDiscarded("mail", "smtp", 17))
         assert.deepStrictEqual(discarded, {
           [key(N.starttlsDiscardedBytesTotal, { listener: "mail", protocol: "smtp" })]: 17
+        })
+      })
+    )
+  )
+
+  it.effect("replaceCrls keeps the soonest nextUpdate per TLS config and swaps the set (issue 13 §2)", () =>
+    withMetrics((m) =>
+      Effect.gen(function* () {
+        const at = (iso: string) => new Date(iso)
+        const secs = (iso: string) => Date.parse(iso) / 1000
+        const series = (s: Map<string, number>) =>
+          Object.fromEntries([...s].filter(([k]) => k.startsWith(N.crlNextUpdateTimestampSeconds)))
+        assert.deepStrictEqual(series(yield* snapshot(m)), {})
+        m.replaceCrls([
+          { tlsConfig: "mirror", nextUpdate: at("2027-01-08T00:00:00Z") },
+          { tlsConfig: "mirror", nextUpdate: at("2027-01-02T00:00:00Z") },
+          { tlsConfig: "web", nextUpdate: at("2027-02-01T00:00:00Z") }
+        ])
+        const first = series(yield* snapshot(m))
+        assert.deepStrictEqual(first, {
+          [key(N.crlNextUpdateTimestampSeconds, { tls_config: "mirror" })]: secs("2027-01-02T00:00:00Z"),
+          [key(N.crlNextUpdateTimestampSeconds, { tls_config: "web" })]: secs("2027-02-01T00:00:00Z")
+        })
+        assert.throws(
+          () => m.replaceCrls([{ tlsConfig: "x", nextUpdate: new Date(Number.NaN) }]),
+          TypeError,
+          /invalid CRL nextUpdate/
+        )
+        assert.deepStrictEqual(series(yield* snapshot(m)), first)
+        m.replaceCrls([{ tlsConfig: "mirror", nextUpdate: at("2027-01-09T00:00:00Z") }])
+        assert.deepStrictEqual(series(yield* snapshot(m)), {
+          [key(N.crlNextUpdateTimestampSeconds, { tls_config: "mirror" })]: secs("2027-01-09T00:00:00Z")
         })
       })
     )
@@ -498,6 +531,7 @@ describe("Metrics.layerNoop", () => {
       m.configLoaded()
       m.configReload("ok")
       m.setReady(true)
+      m.replaceCrls([{ tlsConfig: "pg", nextUpdate: new Date() }])
       assert.strictEqual(yield* m.metricsText, "")
       assert.deepStrictEqual(m.registry.getMetricsAsArray(), [])
       assert.strictEqual((yield* Effect.promise(() => m.registry.metrics())).trim(), "")
@@ -520,7 +554,11 @@ describe("classifyTlsError (table)", () => {
     ["CERT_HAS_EXPIRED", "expired"],
     ["CERT_NOT_YET_VALID", "not_yet_valid"],
     ["INVALID_PURPOSE", "dual_use"],
-    ["CERT_REVOKED", "bad_certificate"],
+    ["CERT_REVOKED", "revoked"],
+    ["ERR_SSL_SSL/TLS_ALERT_CERTIFICATE_REVOKED", "revoked"],
+    ["UNABLE_TO_GET_CRL", "crl_unavailable"],
+    ["CRL_HAS_EXPIRED", "crl_unavailable"],
+    ["CRL_SIGNATURE_FAILURE", "crl_unavailable"],
     ["ERR_TLS_CERT_ALTNAME_INVALID", "bad_certificate"],
     ["ERR_TLS_HANDSHAKE_TIMEOUT", "timeout"],
     ["ERR_SSL_TLSV1_ALERT_UNKNOWN_CA", "unknown_ca"],

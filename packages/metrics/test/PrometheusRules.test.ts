@@ -32,7 +32,8 @@ const alertNames = [
   "SleeveDnRejectionsRising",
   "SleeveHandshakeFailureRatioHigh",
   "SleeveNotReady",
-  "SleeveConfigReloadFailing"
+  "SleeveConfigReloadFailing",
+  "SleeveCrlStale"
 ]
 
 /** `sleeve_*` names used in a file, with histogram/summary suffixes removed. */

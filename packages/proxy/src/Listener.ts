@@ -48,6 +48,8 @@ export interface Snapshot {
   readonly bound: boolean
   readonly activeConnections: number
   readonly totalConnections: number
+  /** `allowPlaintextNetwork` is set: a plaintext side may leave the host (issue 13 §3). */
+  readonly allowPlaintextNetwork: boolean
 }
 
 interface Live {
@@ -97,6 +99,26 @@ const connectTarget = (
       resolve(Result.fail({ reason: "target_unreachable", error }))
     })
   })
+
+/**
+ * Plaintext guardrail (issue 13 §3): a plaintext target named by host name (only `localhost`
+ * passes the configuration check) must really be a loopback peer once connected; otherwise the
+ * connection is closed before a byte is sent and counted as unreachable.
+ */
+const checkPlaintextTarget = (
+  l: ConfigFile.Listener,
+  r: Awaited<ReturnType<typeof connectTarget>>
+): Awaited<ReturnType<typeof connectTarget>> => {
+  if (Result.isFailure(r) || l.allowPlaintextNetwork || l.target._tag !== "Tcp") return r
+  if (!ConfigFile.plaintextSides(l).some((s) => s.field === "target")) return r
+  const remote = r.success.remoteAddress ?? ""
+  if (ConfigFile.isLoopbackIp(remote)) return r
+  r.success.destroy()
+  return Result.fail({
+    reason: "target_unreachable",
+    error: new Error(`plaintext target ${formatAddress(l.target)} resolved to ${remote}, which is not loopback`)
+  })
+}
 
 /** How long a connection turned away cleanly is given to close from its side before it is destroyed. */
 const lingerMs = 1000
@@ -156,7 +178,24 @@ export class RunningListener {
       l.#server.once("listening", () => {
         l.#server.off("error", reject)
         l.#server.on("error", (e) => deps.log("error", "listener_error", { listener: l.name, error: e.message }))
+        // Plaintext guardrail (issue 13 §3): a plaintext listen side named `localhost` must
+        // really have bound a loopback address.
+        const plainListen = ConfigFile.plaintextSides(activation.listener).some((s) => s.field === "listen")
+        if (plainListen && !activation.listener.allowPlaintextNetwork && listen._tag === "Tcp") {
+          const bound = l.address().address
+          if (!ConfigFile.isLoopbackIp(bound)) {
+            l.#server.close()
+            reject(
+              new Error(
+                `listener ${l.name}: plaintext listen ${formatAddress(listen)} bound ${bound}, which is not loopback; ` +
+                  "use a loopback address or set allowPlaintextNetwork: true"
+              )
+            )
+            return
+          }
+        }
         l.#bound = true
+        l.#warnPlaintext(activation.listener)
         deps.log("info", "listening", {
           listener: l.name,
           mode: activation.listener.mode,
@@ -193,6 +232,18 @@ export class RunningListener {
   /** Connections from now on use `activation`; established ones are untouched. */
   update(activation: Activation): void {
     this.#current = activate(activation)
+    this.#warnPlaintext(activation.listener)
+  }
+
+  /** `allowPlaintextNetwork` is loud: a warning at every start and every reload (issue 13 §3). */
+  #warnPlaintext(l: ConfigFile.Listener): void {
+    if (!l.allowPlaintextNetwork) return
+    this.#deps.log("warn", "plaintext_network_allowed", {
+      listener: this.name,
+      mode: l.mode,
+      plaintext: ConfigFile.plaintextSides(l).map((s) => `${s.field} ${formatAddress(s.address)}`),
+      note: "allowPlaintextNetwork: true: application bytes may cross the network unencrypted on these sides"
+    })
   }
 
   /** A snapshot for `/status`. */
@@ -206,7 +257,8 @@ export class RunningListener {
       tls: l.tls,
       bound: this.#bound,
       activeConnections: this.#live.size,
-      totalConnections: this.#seq
+      totalConnections: this.#seq,
+      allowPlaintextNetwork: l.allowPlaintextNetwork
     }
   }
 
@@ -310,7 +362,7 @@ export class RunningListener {
 
   async #dial(live: Live, current: Current): Promise<Net.Socket | undefined> {
     const l = current.listener
-    const r = await connectTarget(l.target, l.connectTimeoutMs)
+    const r = await connectTarget(l.target, l.connectTimeoutMs).then((c) => checkPlaintextTarget(l, c))
     if (Result.isFailure(r)) {
       this.#deps.metrics.connectionRefused(this.name, r.failure.reason)
       this.#deps.log("warn", "target_failed", {

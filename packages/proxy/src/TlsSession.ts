@@ -17,7 +17,7 @@
  * close the socket (we destroy it); client-initiated renegotiation is refused (the material sets
  * `SSL_OP_NO_RENEGOTIATION`, and client sockets call `disableRenegotiation()`).
  */
-import { Certificate, DistinguishedName, type PeerPolicy, type TlsMaterial } from "@sleeve/core"
+import { Certificate, Crl, DistinguishedName, type PeerPolicy, type TlsMaterial } from "@sleeve/core"
 import * as CorePolicy from "@sleeve/core/PeerPolicy"
 import { Metrics } from "@sleeve/metrics"
 import { Data, Result } from "effect"
@@ -64,7 +64,9 @@ const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.
 /** The peer chain as presented, leaf first, parsed by @sleeve/core. */
 const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
   const chain: Array<Certificate.Certificate> = []
-  let c: Tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate
+  // null (not {}) once the socket has lost its handle, e.g. in a late error handler.
+  let c: Tls.DetailedPeerCertificate | undefined =
+    (socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate | null) ?? undefined
   const seen = new Set<string>()
   while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
     seen.add(c.fingerprint256)
@@ -74,6 +76,58 @@ const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate
     c = c.issuerCertificate === c ? undefined : c.issuerCertificate
   }
   return chain
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation (issue 13 §2)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Log fields naming the certificate of the peer's chain that a CRL lists (serial, subject,
+ * issuer): OpenSSL says only `CERT_REVOKED`, not which certificate, so the chain is looked up in
+ * the configuration's CRLs. Falls back to the leaf when the chain is not available.
+ */
+const revokedFields = (
+  chain: ReadonlyArray<Certificate.Certificate>,
+  material: TlsMaterial.Material
+): Record<string, string> => {
+  for (const cert of chain) {
+    const r = Crl.findRevocation(material.crls, cert)
+    if (r !== undefined && r !== "no_crl") {
+      return {
+        revokedSerial: r.serialNumber,
+        revokedSubject: cert.subjectString,
+        revokedIssuer: r.issuerString,
+        revokedAt: r.revocationDate.toISOString()
+      }
+    }
+  }
+  const leaf = chain[0]
+  return leaf === undefined ? {} : { revokedSerial: leaf.serialNumber, revokedIssuer: leaf.issuerString }
+}
+
+/**
+ * `crlStale: warn` with a stale CRL: OpenSSL was not given the CRLs (it would refuse every
+ * peer), so Sleeve applies them to the verified chain as OpenSSL would have: every certificate,
+ * trust anchor included, must be covered by a CRL of its issuer and not listed in it.
+ */
+const staleCrlVerdict = (
+  chain: ReadonlyArray<Certificate.Certificate>,
+  material: TlsMaterial.Material
+): { readonly reason: "revoked" | "crl_unavailable"; readonly detail: string } | undefined => {
+  for (const cert of chain) {
+    const r = Crl.findRevocation(material.crls, cert)
+    if (r === "no_crl") {
+      return { reason: "crl_unavailable", detail: `no CRL of "${cert.issuerString}" in crlFile (UNABLE_TO_GET_CRL)` }
+    }
+    if (r !== undefined) {
+      return {
+        reason: "revoked",
+        detail: `certificate "${cert.subjectString}" (serial ${r.serialNumber}) is revoked by "${r.issuerString}" (stale CRL)`
+      }
+    }
+  }
+  return undefined
 }
 
 /**
@@ -88,12 +142,31 @@ const judge = (
   startedAt: number
 ): Result.Result<Secured, TlsSessionError> => {
   const chain = peerChain(socket)
+  const peer = chain[0]
+  // crlStale: warn with a stale CRL: Sleeve applies the CRLs itself, on the verified chain only.
+  if (material.revocation === "sleeve" && socket.authorized) {
+    const verdict = staleCrlVerdict(chain, material)
+    if (verdict !== undefined) {
+      ctx.metrics.handshakeFailed(ctx.listener, role, verdict.reason)
+      ctx.log("warn", "peer_rejected", {
+        listener: ctx.listener,
+        conn: ctx.connectionId,
+        role,
+        tls: material.config.name,
+        reason: verdict.reason,
+        detail: verdict.detail,
+        ...(verdict.reason === "revoked" ? revokedFields(chain, material) : {}),
+        ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString })
+      })
+      socket.destroy()
+      return Result.fail(new TlsSessionError({ reason: verdict.reason, message: verdict.detail }))
+    }
+  }
   const decision = CorePolicy.authorize(material.config, {
     chain,
     verified: socket.authorized,
     verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError)
   })
-  const peer = chain[0]
   if (decision._tag === "Deny") {
     const reason = denyReason(decision)
     ctx.metrics.handshakeFailed(ctx.listener, role, reason)
@@ -104,6 +177,8 @@ const judge = (
       tls: material.config.name,
       reason,
       detail: decision.detail,
+      ...(decision.reason === "unverified" && decision.verifyError !== undefined ? { code: decision.verifyError } : {}),
+      ...(reason === "revoked" ? revokedFields(chain, material) : {}),
       ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString }),
       ...(decision.nearest === undefined ? {} : { nearestAuthorized: formatNearest(decision.nearest) })
     })
@@ -134,7 +209,8 @@ const failed = (
   material: TlsMaterial.Material,
   ctx: SessionContext,
   reason: Metrics.FailureReason,
-  error: unknown
+  error: unknown,
+  fields: Readonly<Record<string, string>> = {}
 ): TlsSessionError => {
   ctx.metrics.handshakeFailed(ctx.listener, role, reason)
   const code = (error as { code?: unknown } | undefined)?.code
@@ -146,6 +222,7 @@ const failed = (
     tls: material.config.name,
     reason,
     ...(typeof code === "string" ? { code } : {}),
+    ...fields,
     error: message
   })
   return new TlsSessionError({ reason, message, cause: error })
@@ -184,7 +261,11 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
     // verifyPeer: request asks for a certificate, require also makes OpenSSL fail the
     // handshake (with a proper alert) when none is sent or the chain does not verify.
     requestCert: config.verifyPeer !== "none",
-    rejectUnauthorized: config.verifyPeer === "require",
+    // With a crlFile, OpenSSL's verdict is judged after the handshake (`judge`, which denies an
+    // unverified or missing certificate just the same): Node checks the verify result in JS after
+    // the handshake either way, but with `rejectUnauthorized` it destroys the socket first and
+    // the peer's chain, which names the revoked certificate in the log, is gone.
+    rejectUnauthorized: config.verifyPeer === "require" && material.revocation === "none",
     handshakeTimeout: handshakeTimeoutMs,
     allowHalfOpen: true
   })
@@ -203,6 +284,8 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
   )
   engine.on("tlsClientError", (err: Error & { code?: string }, t: Tls.TLSSocket) =>
     settle(t, (p) => {
+      // The peer's chain, read before the socket goes: it names a revoked certificate in the log.
+      const chain = String(t.authorizationError) === "CERT_REVOKED" ? peerChain(t) : []
       // Node does not close the socket on a handshake timeout; we do, for every failure.
       t.destroy()
       // When OpenSSL rejected the peer's chain, the verify code says why better than the reset.
@@ -216,7 +299,9 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
       const error = verifyError
         ? Object.assign(new Error(`peer certificate rejected: ${verifyError}`), { code: String(verifyError) })
         : err
-      return Result.fail(failed("server", material, p.ctx, reason, error))
+      return Result.fail(
+        failed("server", material, p.ctx, reason, error, reason === "revoked" ? revokedFields(chain, material) : {})
+      )
     })
   )
   return {
@@ -280,7 +365,9 @@ export const connectClient = (
       ...material.secureContextOptions,
       ...(name !== undefined && Net.isIP(name) === 0 ? { servername: name } : {}),
       ...(name === undefined ? {} : { host: name }),
-      rejectUnauthorized: config.verifyPeer !== "none",
+      // With a crlFile, as on the server side: `judge` refuses an unverified server (chain,
+      // revocation or host name, all in `authorizationError`) once the chain can still be read.
+      rejectUnauthorized: config.verifyPeer !== "none" && material.revocation === "none",
       ...(options.insecureSkipHostnameVerification ? { checkServerIdentity: () => undefined } : {}),
       // Not in @types/node's ConnectionOptions, but tls.connect passes it to the TLSSocket.
       ...({ allowHalfOpen: true } as object)
@@ -306,9 +393,12 @@ export const connectClient = (
       finish(judge(socket, material, "client", ctx, startedAt))
     })
     socket.once("error", (err: Error & { code?: string }) => {
+      const reason = Metrics.classifyTlsError(err)
+      // Node rejects the server's chain after the handshake, so the chain is still readable here.
+      const fields = reason === "revoked" && !done ? revokedFields(peerChain(socket), material) : {}
       socket.destroy()
       if (done) return
-      finish(Result.fail(failed("client", material, ctx, Metrics.classifyTlsError(err), err)))
+      finish(Result.fail(failed("client", material, ctx, reason, err, fields)))
     })
     socket.once("close", () => {
       if (done) return

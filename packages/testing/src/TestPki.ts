@@ -27,8 +27,9 @@
  * `DNS:localhost, IP:127.0.0.1, IP:::1`, valid from one hour ago for 30 days.
  *
  * What it deliberately does not do: cache keys or certificates between instances (each test gets
- * fresh material, so RSA — slow to generate — should be used sparingly), revocation (CRL/OCSP),
- * or anything meant for production. No key is ever committed: everything lives in the temp dir.
+ * fresh material, so RSA — slow to generate — should be used sparingly), OCSP, or anything
+ * meant for production. `crl(issuer, { revoked })` writes a CRL signed by a CA of this PKI (with
+ * chosen thisUpdate/nextUpdate, for stale-CRL tests); `openssl crl -CAfile` accepts it. No key is ever committed: everything lives in the temp dir.
  */
 import "reflect-metadata"
 import * as x509 from "@peculiar/x509"
@@ -170,6 +171,28 @@ export interface Identity {
   readonly issuer: Identity | undefined
 }
 
+/** Options of a CRL. */
+export interface CrlOptions {
+  /** File name stem (`<name>.crl.pem`); default `<issuer name>-<n>`. */
+  readonly name?: string
+  /** The certificates (or upper-case hex serials) it lists as revoked; default none. */
+  readonly revoked?: ReadonlyArray<Identity | string>
+  /** Default one minute ago. */
+  readonly thisUpdate?: Date
+  /** Default seven days from now; `null` leaves nextUpdate out. */
+  readonly nextUpdate?: Date | null
+  /** Value of the CRL Number extension; default a counter per PKI. */
+  readonly crlNumber?: number
+}
+
+/** A CRL written by {@link TestPki.crl}. */
+export interface CrlFile {
+  readonly pem: string
+  /** Absolute path of the PEM file. */
+  readonly file: string
+  readonly issuer: Identity
+}
+
 /** A temp-dir PKI; see the module header. */
 export interface TestPki {
   /** The directory holding every file written. */
@@ -184,6 +207,8 @@ export interface TestPki {
   readonly intermediate: (issuer: Identity, options?: CaOptions) => Promise<Identity>
   /** Make a leaf certificate signed by `issuer`. */
   readonly leaf: (issuer: Identity, options?: LeafOptions) => Promise<Identity>
+  /** Write a CRL signed by the CA `issuer`, listing `options.revoked`. */
+  readonly crl: (issuer: Identity, options?: CrlOptions) => Promise<CrlFile>
   /** Write `content` to `<dir>/<name>` (or to `name` if absolute); returns the path. */
   readonly write: (name: string, content: string | Uint8Array) => Promise<string>
   /** Remove the directory (when this PKI created it) or the files it wrote (when given one). */
@@ -316,6 +341,30 @@ export const make = async (options: MakeOptions = {}): Promise<TestPki> => {
     return identity
   }
 
+  let crlCounter = 0
+  const crl = async (issuer: Identity, opts: CrlOptions = {}): Promise<CrlFile> => {
+    requireAuthority(issuer)
+    crlCounter += 1
+    const name = uniqueName(opts.name ?? `${issuer.name}-${crlCounter}`, "crl")
+    const now = Date.now()
+    const nextUpdate = opts.nextUpdate === undefined ? new Date(now + 7 * DAY) : opts.nextUpdate
+    const revocationDate = new Date(now - 60_000)
+    const generated = await x509.X509CrlGenerator.create({
+      issuer: issuer.x509.subjectName,
+      thisUpdate: opts.thisUpdate ?? new Date(now - 60_000),
+      ...(nextUpdate === null ? {} : { nextUpdate }),
+      entries: (opts.revoked ?? []).map((r) => ({
+        serialNumber: typeof r === "string" ? r : r.x509.serialNumber,
+        revocationDate
+      })),
+      extensions: [crlNumberExtension(opts.crlNumber ?? crlCounter)],
+      signingAlgorithm: signingAlgorithm(issuer.keyType),
+      signingKey: issuer.privateKey.toCryptoKey(importAlgorithm(issuer.keyType), false, ["sign"])
+    })
+    const pem = `${x509.PemConverter.encode(generated.rawData, "X509 CRL").replace(/\r\n/g, "\n")}\n`
+    return { pem, file: await write(`${name}.crl.pem`, pem), issuer }
+  }
+
   const cleanup = async (): Promise<void> => {
     if (ownsDir) {
       await rm(dir, { recursive: true, force: true })
@@ -334,6 +383,7 @@ export const make = async (options: MakeOptions = {}): Promise<TestPki> => {
     ca: (options = {}) => issue("ca", undefined, options),
     intermediate: async (issuer, options = {}) => issue("intermediate", requireAuthority(issuer), options),
     leaf: async (issuer, options = {}) => issue("leaf", requireAuthority(issuer), options),
+    crl,
     write: (name, content) => write(name, content),
     cleanup,
     [Symbol.asyncDispose]: cleanup
@@ -488,6 +538,15 @@ const signingAlgorithm = (keyType: KeyType): webcrypto.Algorithm | webcrypto.Ecd
     case "Ed25519":
       return { name: "Ed25519" }
   }
+}
+
+/** The CRL Number extension (RFC 5280 §5.2.3, non-critical): a small non-negative DER INTEGER. */
+const crlNumberExtension = (n: number): x509.Extension => {
+  let hex = n.toString(16)
+  if (hex.length % 2 === 1) hex = `0${hex}`
+  if (Number.parseInt(hex.slice(0, 2), 16) >= 0x80) hex = `00${hex}`
+  const value = Buffer.from(`02${(hex.length / 2).toString(16).padStart(2, "0")}${hex}`, "hex")
+  return new x509.Extension("2.5.29.20", false, value)
 }
 
 /** 16 random bytes, top bit clear (positive) and second-highest bit set (no leading zero). */

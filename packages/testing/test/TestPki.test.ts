@@ -321,6 +321,55 @@ describe("TestPki", () => {
     await expect(pki.leaf(root, { name: "bad-attr", subject: [{ XYZ: "1" }] })).rejects.toThrow(/unknown DN attribute/)
   })
 
+  it("writes CRLs that openssl verifies against the CA and that make Node's TLS refuse a revoked peer", async () => {
+    const server = await pki.leaf(root, { name: "crl-server" })
+    const good = await pki.leaf(root, { name: "crl-good" })
+    const bad = await pki.leaf(root, { name: "crl-bad" })
+    const crl = await pki.crl(root, { name: "root-crl", revoked: [bad], crlNumber: 7 })
+    const text = (await Openssl.verdict("crl", "-in", crl.file, "-CAfile", pki.caFile, "-noout", "-text")).out
+    expect(text).toContain("verify OK")
+    expect(text).toContain(`Serial Number: ${bad.x509.serialNumber.toUpperCase()}`)
+    expect(text).not.toContain(`Serial Number: ${good.x509.serialNumber.toUpperCase()}`)
+    expect(text).toMatch(/X509v3 CRL Number:\s+7/)
+    const why = (client: TestPki.Identity, crlPem: string | ReadonlyArray<string>) =>
+      handshake(
+        {
+          cert: server.certPem,
+          key: server.keyPem,
+          ca: pki.caPem,
+          crl: crlPem as string | Array<string>,
+          requestCert: true,
+          rejectUnauthorized: false
+        },
+        { ca: pki.caPem, cert: client.chainPem, key: client.keyPem }
+      )
+    expect((await why(good, crl.pem)).server).toEqual({ authorized: true, peerCN: "crl-good" })
+    expect((await why(bad, crl.pem)).server.authorizationError).toBe("CERT_REVOKED")
+    // A CRL past its nextUpdate: OpenSSL refuses every peer it covers (fails closed by itself).
+    const stale = await pki.crl(root, {
+      name: "root-stale",
+      thisUpdate: new Date(Date.now() - 2 * 86_400_000),
+      nextUpdate: new Date(Date.now() - 86_400_000)
+    })
+    expect((await why(good, stale.pem)).server.authorizationError).toBe("CRL_HAS_EXPIRED")
+    // Node turns on CRL checking for the whole chain (X509_V_FLAG_CRL_CHECK_ALL): a leaf of the
+    // intermediate needs the intermediate's CRL and the root's (which covers the intermediate).
+    const viaIntermediate = await pki.leaf(intermediate, { name: "crl-via-intermediate" })
+    const interCrl = await pki.crl(intermediate, { name: "intermediate-crl" })
+    expect((await why(viaIntermediate, interCrl.pem)).server.authorizationError).toBe("UNABLE_TO_GET_CRL")
+    expect((await why(viaIntermediate, crl.pem)).server.authorizationError).toBe("UNABLE_TO_GET_CRL")
+    // Node reads one CRL per `crl` entry: a PEM string with two CRLs gives OpenSSL only the first.
+    expect((await why(viaIntermediate, interCrl.pem + crl.pem)).server.authorizationError).toBe("UNABLE_TO_GET_CRL")
+    expect((await why(viaIntermediate, [interCrl.pem, crl.pem])).server).toEqual({
+      authorized: true,
+      peerCN: "crl-via-intermediate"
+    })
+    const interRevoked = await pki.crl(root, { name: "root-revokes-intermediate", revoked: [intermediate] })
+    expect((await why(viaIntermediate, [interCrl.pem, interRevoked.pem])).server.authorizationError).toBe(
+      "CERT_REVOKED"
+    )
+  })
+
   it("cleans up its own temp dir, or only its files in a given dir", async () => {
     const own = await TestPki.make()
     const ca = await own.ca()

@@ -152,6 +152,8 @@ export const makeReport = (text: string, file: string, options: ReportOptions): 
       caCertificates: loaded.material?.ca.length ?? 0
     })
   }
+  // Plaintext guardrails (issue 13 §3): an allowed plaintext side off the host stays visible.
+  problems.push(...ConfigFile.plaintextWarnings(config).map((p) => ({ ...p, file })))
   return {
     file,
     ok: !problems.some((p) => p.severity === "error"),

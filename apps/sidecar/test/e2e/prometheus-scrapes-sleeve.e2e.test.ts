@@ -24,7 +24,8 @@ const alertNames = [
   "SleeveDnRejectionsRising",
   "SleeveHandshakeFailureRatioHigh",
   "SleeveNotReady",
-  "SleeveConfigReloadFailing"
+  "SleeveConfigReloadFailing",
+  "SleeveCrlStale"
 ]
 
 let pki: TestPki.TestPki
