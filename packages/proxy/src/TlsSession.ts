@@ -36,6 +36,11 @@ export class TlsSessionError extends Data.TaggedError("TlsSessionError")<{
 export interface SessionContext {
   readonly listener: string
   readonly connectionId: string
+  /**
+   * The client's `address:port` for the log: the socket's peer, or the real client a trusted
+   * load balancer named in a PROXY protocol header (`acceptProxyProtocol`).
+   */
+  readonly remote?: string | undefined
   readonly metrics: Metrics.Recorder
   readonly log: EventSink
 }
@@ -100,6 +105,7 @@ const judge = (
     ctx.log("warn", "peer_rejected", {
       listener: ctx.listener,
       conn: ctx.connectionId,
+      ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
       role,
       tls: material.config.name,
       reason,
@@ -116,6 +122,7 @@ const judge = (
   ctx.log("info", "handshake_ok", {
     listener: ctx.listener,
     conn: ctx.connectionId,
+    ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
     role,
     tls: material.config.name,
     protocol: socket.getProtocol(),
@@ -142,6 +149,7 @@ const failed = (
   ctx.log("warn", "handshake_failed", {
     listener: ctx.listener,
     conn: ctx.connectionId,
+    ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
     role,
     tls: material.config.name,
     reason,
