@@ -38,6 +38,7 @@ import {
   terminateTls
 } from "./support/DataPathHarness.ts"
 import * as Haproxy from "./support/Haproxy.ts"
+import * as Nginx from "./support/Nginx.ts"
 
 let pki: DataPki
 let cleanup: Cleanup
@@ -269,6 +270,30 @@ frontend app
       `PROXY TCP4 127.0.0.1 127.0.0.1 ${second.localPort} ${raw.port("front")}\r\n`
     )
     await eventually("the application bytes", () => seen.after().toString() === "hi")
+  })
+})
+
+// nginx 1.22 (Debian 12) refuses any version 2 header longer than 107 bytes ("header is too
+// large while reading PROXY protocol"; 1.23.2 raised the limit with its TLV support), and a
+// header with Sleeve's TLS TLVs is longer: v1 is the version to use with it (docs/proxy-protocol.md).
+describe("proxyProtocol: nginx's proxy_protocol listener as the parser", { timeout: 30_000 }, () => {
+  it("v1: nginx reads the client address and port and the address it connected to", async () => {
+    const c = fresh()
+    const nginx = await Nginx.startEcho()
+    c.defer(() => nginx.stop())
+    const proxy = await startSleeve(c, {
+      mode: "terminate",
+      listen: "127.0.0.1:0",
+      target: `127.0.0.1:${nginx.port}`,
+      proxyProtocol: "v1"
+    })
+    const client = await connectTls(c, { ...clientTls(pki.ca, pki.client), port: proxy.port("front") })
+    const reader = makeReader(client)
+    await within("nginx to answer and close", 10_000, reader.ended)
+    assert.strictEqual(
+      reader.text(),
+      `addr=127.0.0.1 port=${client.localPort} server=127.0.0.1:${proxy.port("front")}\n`
+    )
   })
 })
 
