@@ -453,6 +453,95 @@ ${Haproxy.readyFrontend(ready!)}`,
   })
 })
 
+describe("acceptProxyProtocol: addresses", { timeout: 30_000 }, () => {
+  it("on a dual-stack listener an IPv4 source matches its IPv4 entry; LOCAL keeps the balancer's address", async () => {
+    const c = fresh()
+    const target = await startDecodingTarget(c)
+    const proxy = await startSleeve(c, {
+      mode: "terminate",
+      listen: "[::]:0",
+      target: `127.0.0.1:${target.port}`,
+      proxyProtocol: "v2",
+      acceptProxyProtocol: { trustedSources: ["127.0.0.1", "::1"] }
+    })
+    const port = proxy.port("front")
+    // A v1 line from 127.0.0.1 (seen as ::ffff:127.0.0.1 on this listener), then TLS on the same socket.
+    const raw = await connectTcp(c, { host: "127.0.0.1", port })
+    raw.write("PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n")
+    const secure = await connectTls(c, { ...clientTls(pki.ca, pki.client), socket: raw })
+    secure.write("v6")
+    const seen = await target.next()
+    assert.deepStrictEqual(seen.header.addresses, {
+      family: "IPv6",
+      transport: "stream",
+      source: { address: "2001:db8::7", port: 40000 },
+      destination: { address: "2001:db8::1", port: 443 }
+    })
+    // A LOCAL header from ::1 (a health check): the connection keeps its own endpoints.
+    const local = await connectTcp(c, { host: "::1", port })
+    local.write(PP.encodeV2({ command: "local", addresses: undefined, tlvs: [] }))
+    const secureLocal = await connectTls(c, { ...clientTls(pki.ca, pki.client), socket: local })
+    secureLocal.write("local")
+    const seenLocal = await target.next()
+    assert.deepStrictEqual(seenLocal.header.addresses, {
+      family: "IPv6",
+      transport: "stream",
+      source: { address: "::1", port: local.localPort! },
+      destination: { address: "::1", port }
+    })
+    const accepted = proxy.events().filter((e) => e.event === "accepted")
+    assert.deepStrictEqual(
+      accepted.map((e) => e.remote),
+      ["2001:db8::7:40000", `::1:${local.localPort}`]
+    )
+  })
+})
+
+describe("acceptProxyProtocol: the bytes after the header", { timeout: 30_000 }, () => {
+  it("a ClientHello in the same segment as the header reaches TLS intact", async () => {
+    const c = fresh()
+    const target = await startDecodingTarget(c)
+    const proxy = await startSleeve(c, {
+      mode: "terminate",
+      listen: "127.0.0.1:0",
+      target: `127.0.0.1:${target.port}`,
+      proxyProtocol: "v2",
+      acceptProxyProtocol: { trustedSources: ["127.0.0.1"] }
+    })
+    const header = PP.encodeV1({
+      command: "proxy",
+      addresses: {
+        family: "IPv4",
+        transport: "stream",
+        source: { address: "198.51.100.20", port: 5555 },
+        destination: { address: "198.51.100.1", port: 443 }
+      }
+    })
+    // A tiny balancer: the client's first chunk (its ClientHello) goes out in one write with the header.
+    const firstWrites: Array<number> = []
+    const connections = makeConnections()
+    const balancer = Net.createServer((client) => {
+      connections.track(client)
+      const upstream = Net.connect({ host: "127.0.0.1", port: proxy.port("front") })
+      connections.track(upstream)
+      client.once("data", (hello: Buffer) => {
+        firstWrites.push(header.length + hello.length)
+        upstream.write(Buffer.concat([header, hello]))
+        client.pipe(upstream).pipe(client)
+      })
+    })
+    c.defer(() => close(balancer, connections.sockets))
+    const port = await listen(balancer)
+    const client = await connectTls(c, { ...clientTls(pki.ca, pki.client), port })
+    const reader = makeReader(client)
+    client.write("after the hello\n")
+    const seen = await target.next()
+    await reader.until("after the hello\n")
+    assert.isAbove(firstWrites[0]!, header.length + 100, "header and ClientHello in one write")
+    assert.deepStrictEqual(seen.header.addresses?.source, { address: "198.51.100.20", port: 5555 })
+  })
+})
+
 describe("acceptProxyProtocol: refusals", { timeout: 30_000 }, () => {
   const header = (source: string, port: number) =>
     PP.encodeV2({
