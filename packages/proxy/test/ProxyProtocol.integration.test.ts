@@ -5,9 +5,11 @@
  * frontend, which answers with the client address and the SNI (`fc_pp_authority`) it parsed
  * from Sleeve's header — Debian's HAProxy 2.6 has no `fc_pp_tlv`, so the TLVs no real parser here
  * can show (PP2_TYPE_SSL and its sub-TLVs, Sleeve's DN and TLS-configuration TLVs) are checked
- * on a raw target socket with the codec, byte for byte against what the client negotiated; v1
- * through HAProxy too; and a server-side STARTTLS (postgres) listener whose header follows the
- * upgrade and precedes the app's first byte.
+ * on a raw target socket with the codec, against what the client negotiated, and compared with
+ * the header HAProxy's own TLS frontend sends for the same client (`send-proxy-v2` with
+ * `proxy-v2-options ssl,cert-cn,ssl-cipher,authority`); v1 through HAProxy and nginx's stream
+ * `proxy_protocol` listener; and a server-side STARTTLS (postgres) listener whose header follows
+ * the upgrade and precedes the app's first byte.
  *
  * Receiving (`acceptProxyProtocol`): HAProxy as the load balancer in front (`send-proxy-v2` and
  * `send-proxy`), the client on 127.0.0.2 so that its address differs from HAProxy's: Sleeve's
@@ -230,6 +232,59 @@ frontend app
     assert.strictEqual(text(ssl.tlvs, PP.sslSubtype.cn), undefined)
     assert.strictEqual(PP.findTlv(header.tlvs, PP.tlvType.subjectDn), undefined)
     assert.strictEqual(text(header.tlvs, PP.tlvType.tlsConfig), "front")
+  })
+})
+
+describe("proxyProtocol: the same PP2_TYPE_SSL layout as HAProxy's own sender", { timeout: 30_000 }, () => {
+  it("flags, verify and the version/CN/cipher sub-TLVs match what send-proxy-v2 (proxy-v2-options ssl,cert-cn,ssl-cipher,authority) sends for the same client", async () => {
+    const c = fresh()
+    const target = await startDecodingTarget(c)
+    const pem = pki.path("haproxy-front.pem")
+    Fs.writeFileSync(pem, `${pki.proxy.certPem}${pki.proxy.keyPem}`)
+    const hp = await Haproxy.start(
+      1,
+      ([port]) => `${Haproxy.preamble("tcp")}
+frontend tls
+  bind 127.0.0.1:${port} ssl crt ${pem} ca-file ${pki.ca.certFile} verify optional
+  default_backend app
+backend app
+  server s1 127.0.0.1:${target.port} send-proxy-v2 proxy-v2-options ssl,cert-cn,ssl-cipher,authority
+`
+    )
+    c.defer(() => hp.stop())
+    const proxy = await startSleeve(c, {
+      mode: "terminate",
+      listen: "127.0.0.1:0",
+      target: `127.0.0.1:${target.port}`,
+      proxyProtocol: "v2"
+    })
+    const viaHaproxy = await connectTls(c, { ...clientTls(pki.ca, pki.client), port: hp.ports[0]! })
+    viaHaproxy.write("a")
+    const theirs = await target.next()
+    const viaSleeve = await connectTls(c, { ...clientTls(pki.ca, pki.client), port: proxy.port("front") })
+    viaSleeve.write("b")
+    const ours = await target.next()
+    // What both senders put in the header; the values follow what each client negotiated.
+    const layout = (h: PP.Header) => {
+      const ssl = PP.decodeSsl(PP.findTlv(h.tlvs, PP.tlvType.ssl)!.value)!
+      const sub = ssl.tlvs.filter((t) => t.type === 0x21 || t.type === 0x22 || t.type === 0x23)
+      return {
+        authority: text(h.tlvs, PP.tlvType.authority),
+        client: ssl.client,
+        verify: ssl.verify,
+        subtypes: sub.map((t) => t.type),
+        values: sub.map((t) => PP.tlvText(t.value))
+      }
+    }
+    const expected = (negotiated: Tls.TLSSocket) => ({
+      authority: "localhost",
+      client: PP.sslClient.ssl | PP.sslClient.certConn | PP.sslClient.certSess,
+      verify: 0,
+      subtypes: [PP.sslSubtype.version, PP.sslSubtype.cn, PP.sslSubtype.cipher],
+      values: [negotiated.getProtocol() ?? undefined, "client", negotiated.getCipher().name]
+    })
+    assert.deepStrictEqual(layout(theirs.header), expected(viaHaproxy), "HAProxy's header")
+    assert.deepStrictEqual(layout(ours.header), expected(viaSleeve), "Sleeve's header")
   })
 })
 
