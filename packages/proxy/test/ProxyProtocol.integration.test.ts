@@ -35,6 +35,7 @@ import {
   makeDataPki,
   makeReader,
   type ProxyUnderTest,
+  spawnOpenssl,
   startProxy,
   type TlsEntry,
   terminateTls
@@ -394,6 +395,50 @@ describe("proxyProtocol: server-side STARTTLS (postgres)", { timeout: 30_000 }, 
       { listener: "front", direction: "sent", version: "v2" },
       1
     )
+  })
+})
+
+describe("proxyProtocol: server-side STARTTLS (ldap) with openssl s_client -starttls ldap", { timeout: 30_000 }, () => {
+  it("the header, with the client's DN, comes before the first LDAP byte after StartTLS", async () => {
+    const c = fresh()
+    const target = await startDecodingTarget(c)
+    const proxy = await startSleeve(
+      c,
+      {
+        mode: "starttls",
+        protocol: "ldap",
+        listen: "127.0.0.1:0",
+        target: `127.0.0.1:${target.port}`,
+        proxyProtocol: "v2"
+      },
+      terminateTls(pki)
+    )
+    const client = spawnOpenssl(c, [
+      "s_client",
+      "-connect",
+      `127.0.0.1:${proxy.port("front")}`,
+      "-starttls",
+      "ldap",
+      "-CAfile",
+      pki.ca.certFile,
+      "-cert",
+      pki.client.certFile,
+      "-key",
+      pki.client.keyFile,
+      "-servername",
+      "localhost",
+      "-quiet"
+    ])
+    // -quiet prints the verification lines on stderr once the handshake is done.
+    await client.until("verify return:1", 10_000, "stderr")
+    client.child.stdin?.write("first ldap bytes\n")
+    const seen = await target.next()
+    const a = seen.header.addresses
+    assert.strictEqual(a?.family === "IPv4" ? a.source.address : undefined, "127.0.0.1")
+    assert.strictEqual(text(seen.header.tlvs, PP.tlvType.subjectDn), "CN=client,O=Sleeve Test")
+    assert.strictEqual(text(seen.header.tlvs, PP.tlvType.tlsConfig), "front")
+    await eventually("the LDAP bytes after the header", () => seen.after().toString() === "first ldap bytes\n")
+    await proxy.counted(MetricName.starttlsUpgradesTotal, { listener: "front", protocol: "ldap", result: "ok" }, 1)
   })
 })
 
