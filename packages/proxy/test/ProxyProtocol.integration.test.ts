@@ -85,7 +85,9 @@ interface Seen {
  */
 const startDecodingTarget = async (c: Cleanup) => {
   const seen: Array<Seen> = []
-  const waiting: Array<(s: Seen) => void> = []
+  const waiting: Array<() => void> = []
+  // `next` hands out connections in arrival order, also those that arrived before it was called.
+  let taken = 0
   const connections = makeConnections()
   const server = Net.createServer({ allowHalfOpen: true }, (socket) => {
     connections.track(socket)
@@ -112,7 +114,7 @@ const startDecodingTarget = async (c: Cleanup) => {
       })
       socket.on("end", () => socket.end())
       seen.push(s)
-      for (const w of waiting.splice(0)) w(s)
+      for (const w of waiting.splice(0)) w()
     }
     socket.on("data", onData)
   })
@@ -121,8 +123,20 @@ const startDecodingTarget = async (c: Cleanup) => {
   return {
     port,
     seen,
-    next: (): Promise<Seen> =>
-      within("the target to receive a PROXY header", 10_000, new Promise<Seen>((r) => waiting.push(r)))
+    next: (): Promise<Seen> => {
+      const k = taken++
+      return within(
+        "the target to receive a PROXY header",
+        10_000,
+        new Promise<Seen>((resolve) => {
+          const check = (): void => {
+            if (seen.length > k) resolve(seen[k]!)
+            else waiting.push(check)
+          }
+          check()
+        })
+      )
+    }
   }
 }
 
