@@ -32,7 +32,8 @@ const alertNames = [
   "SleeveDnRejectionsRising",
   "SleeveHandshakeFailureRatioHigh",
   "SleeveNotReady",
-  "SleeveConfigReloadFailing"
+  "SleeveConfigReloadFailing",
+  "SleeveProxyProtocolRefusals"
 ]
 
 /** `sleeve_*` names used in a file, with histogram/summary suffixes removed. */
