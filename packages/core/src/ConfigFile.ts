@@ -79,7 +79,15 @@ const ListenerSchema = Schema.Struct({
   connectTimeout: Schema.optionalKey(DurationInput),
   maxConnections: Schema.optionalKey(Schema.Int),
   // plaintext guardrails: explicit, loud opt-in to a plaintext side off the host (issue 13 §3)
-  allowPlaintextNetwork: Schema.optionalKey(Schema.Boolean)
+  allowPlaintextNetwork: Schema.optionalKey(Schema.Boolean),
+  // PROXY protocol: a header to the target (terminate, server-side starttls) and from load balancers
+  proxyProtocol: Schema.optionalKey(Schema.Literals(["v1", "v2"])),
+  acceptProxyProtocol: Schema.optionalKey(
+    Schema.Struct({
+      trustedSources: Schema.Array(Schema.String),
+      timeout: Schema.optionalKey(DurationInput)
+    })
+  )
 })
 
 // The top level is decoded key by key, and each TLS configuration and listener on its own, so
@@ -146,6 +154,21 @@ export interface TlsConfig {
   readonly requireDualUse: boolean
 }
 
+/** An IP address or network (`10.0.0.0/8`, `192.0.2.7`, `fd00::/8`); a bare address has the full prefix. */
+export interface Cidr {
+  readonly family: "IPv4" | "IPv6"
+  readonly address: string
+  readonly prefix: number
+}
+
+/** PROXY protocol headers accepted from load balancers in front of a listener. */
+export interface AcceptProxyProtocol {
+  /** Only these sources may connect; each must send a header. */
+  readonly trustedSources: ReadonlyArray<Cidr>
+  /** How long a trusted source has to send its whole header. */
+  readonly timeoutMs: number
+}
+
 /** STARTTLS protocols Sleeve speaks on an app's behalf. */
 export type StarttlsProtocol = "smtp" | "imap" | "pop3" | "ldap" | "postgres" | "line"
 
@@ -177,6 +200,13 @@ export interface Listener {
   readonly maxConnections: number
   /** The listener accepts a plaintext side that is not loopback or a UNIX socket (see `plaintextSides`). */
   readonly allowPlaintextNetwork: boolean
+  /**
+   * A PROXY protocol header (`v1` line or `v2` binary with TLS TLVs) written to the target before
+   * any application byte; terminate and server-side starttls (postgres, ldap) only.
+   */
+  readonly proxyProtocol: "v1" | "v2" | undefined
+  /** PROXY protocol headers required from trusted load balancers in front. */
+  readonly acceptProxyProtocol: AcceptProxyProtocol | undefined
 }
 
 /** The whole decoded file. */
@@ -209,7 +239,9 @@ export const defaults = {
   negotiationTimeoutMs: 60_000,
   drainTimeoutMs: 30_000,
   expiryWarningMs: 14 * 86_400_000,
-  adminListen: "127.0.0.1:9464"
+  adminListen: "127.0.0.1:9464",
+  /** acceptProxyProtocol.timeout: the spec asks for at least 3 s (a TCP retransmit). */
+  proxyProtocolTimeoutMs: 5_000
 } as const
 
 // ---------------------------------------------------------------------------------------------
@@ -257,6 +289,24 @@ export const parseAddress = (input: string): Result.Result<Address, string> => {
   if (port < 0 || port > 65535) return Result.fail(`port must be between 0 and 65535, got ${port}`)
   return Result.succeed({ _tag: "Tcp", host: (m[1] ?? m[2]) as string, port })
 }
+
+/** Parses `a.b.c.d`, `a.b.c.d/n`, an IPv6 address or `v6/n`; the error text is the rule broken. */
+export const parseCidr = (input: string): Result.Result<Cidr, string> => {
+  const slash = input.indexOf("/")
+  const address = slash < 0 ? input : input.slice(0, slash)
+  const v = Net.isIP(address)
+  const rule = `expected an IP address or a CIDR such as "10.0.0.0/8" or "fd00::/8", got "${input}"`
+  if (v === 0 || address.includes("%")) return Result.fail(rule)
+  const max = v === 4 ? 32 : 128
+  if (slash < 0) return Result.succeed({ family: v === 4 ? "IPv4" : "IPv6", address, prefix: max })
+  const p = input.slice(slash + 1)
+  if (!/^\d{1,3}$/.test(p) || Number(p) > max) return Result.fail(rule)
+  return Result.succeed({ family: v === 4 ? "IPv4" : "IPv6", address, prefix: Number(p) })
+}
+
+/** Formats a CIDR back to its configuration form. */
+export const formatCidr = (c: Cidr): string =>
+  c.prefix === (c.family === "IPv4" ? 32 : 128) ? c.address : `${c.address}/${c.prefix}`
 
 /** Formats an address back to its configuration form. */
 export const formatAddress = (a: Address): string =>
@@ -667,6 +717,60 @@ const decodeListener = (
   if (handshakeTimeoutMs === 0) err("handshakeTimeout", "must be above 0")
   if (connectTimeoutMs === 0) err("connectTimeout", "must be above 0")
 
+  // PROXY protocol (docs/proxy-protocol.md). The header must be the first bytes the target
+  // sees, and it is only worth sending once TLS has told Sleeve who the peer is.
+  if (l.proxyProtocol !== undefined) {
+    if (wanted === "client") {
+      err(
+        "proxyProtocol",
+        "only applies where the target is the plaintext application: mode terminate, or mode starttls with side: server"
+      )
+    } else if (
+      l.mode === "starttls" &&
+      l.protocol !== undefined &&
+      l.protocol !== "postgres" &&
+      l.protocol !== "ldap"
+    ) {
+      err(
+        "proxyProtocol",
+        `not with protocol: ${l.protocol}: its application takes part in the conversation before the TLS upgrade, ` +
+          "so the header would have to precede TLS; supported with protocol postgres or ldap, or on a terminate listener"
+      )
+    } else if (l.mode === "starttls" && l.requireTls === false) {
+      err("proxyProtocol", "needs requireTls: true: a client that never upgrades would reach the application first")
+    }
+  }
+  let acceptProxyProtocol: AcceptProxyProtocol | undefined
+  if (l.acceptProxyProtocol !== undefined) {
+    const trustedSources: Array<Cidr> = []
+    const sources = l.acceptProxyProtocol.trustedSources
+    if (sources.length === 0) {
+      err(
+        "acceptProxyProtocol.trustedSources",
+        "needs at least one address or CIDR: the load balancers allowed to send a PROXY header"
+      )
+    }
+    sources.forEach((s, i) => {
+      const c = parseCidr(s)
+      if (Result.isFailure(c)) err(`acceptProxyProtocol.trustedSources[${i}]`, c.failure)
+      // Fail closed: trusting everyone lets any client claim any address.
+      else if (c.success.prefix === 0) {
+        err(
+          `acceptProxyProtocol.trustedSources[${i}]`,
+          `"${s}" trusts every address, so any client could claim any source address; list the load balancers`
+        )
+      } else trustedSources.push(c.success)
+    })
+    const timeoutMs = durationOr(
+      l.acceptProxyProtocol.timeout,
+      defaults.proxyProtocolTimeoutMs,
+      "acceptProxyProtocol.timeout",
+      err
+    )
+    if (timeoutMs === 0) err("acceptProxyProtocol.timeout", "must be above 0")
+    acceptProxyProtocol = { trustedSources, timeoutMs }
+  }
+
   if (before.n > 0 || Result.isFailure(listen) || Result.isFailure(target)) return undefined
   const targetAddress = target.success
   return {
@@ -693,7 +797,9 @@ const decodeListener = (
     idleTimeoutMs,
     connectTimeoutMs,
     maxConnections: l.maxConnections ?? defaults.maxConnections,
-    allowPlaintextNetwork: l.allowPlaintextNetwork ?? false
+    allowPlaintextNetwork: l.allowPlaintextNetwork ?? false,
+    proxyProtocol: l.proxyProtocol,
+    acceptProxyProtocol
   }
 }
 

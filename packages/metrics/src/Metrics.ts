@@ -49,7 +49,9 @@ export const MetricName = {
   configLastReloadSuccessful: "sleeve_config_last_reload_successful",
   ready: "sleeve_ready",
   // revocation (issue 13 §2)
-  crlNextUpdateTimestampSeconds: "sleeve_tls_crl_next_update_timestamp_seconds"
+  crlNextUpdateTimestampSeconds: "sleeve_tls_crl_next_update_timestamp_seconds",
+  proxyProtocolHeadersTotal: "sleeve_proxy_protocol_headers_total",
+  proxyProtocolRefusedTotal: "sleeve_proxy_protocol_refused_total"
 } as const
 
 /** One of the `sleeve_*` metric names. */
@@ -110,6 +112,7 @@ export const refusedReasons = [
   "draining",
   "cleartext_limit",
   "starttls_required",
+  "proxy_protocol",
   "other"
 ] as const
 /** `reason` label value of a refused connection. */
@@ -127,6 +130,25 @@ export type Direction = (typeof directions)[number]
 export const starttlsResults = ["ok", "failed", "refused"] as const
 /** `result` label value of a STARTTLS upgrade. */
 export type StarttlsResult = (typeof starttlsResults)[number]
+
+/** `direction` of `sleeve_proxy_protocol_headers_total`: accepted from a load balancer, or written to the target. */
+export const proxyProtocolDirections = ["received", "sent"] as const
+/** `direction` label value of a PROXY protocol header. */
+export type ProxyProtocolDirection = (typeof proxyProtocolDirections)[number]
+
+/** `version` of `sleeve_proxy_protocol_headers_total`. */
+export const proxyProtocolVersions = ["v1", "v2"] as const
+/** `version` label value of a PROXY protocol header. */
+export type ProxyProtocolVersion = (typeof proxyProtocolVersions)[number]
+
+/**
+ * `reason` of `sleeve_proxy_protocol_refused_total`: `untrusted_source` (the connection does not
+ * come from `acceptProxyProtocol.trustedSources`), `malformed` (not a valid header), `timeout`
+ * (no whole header within `acceptProxyProtocol.timeout`), `closed` (the source hung up first).
+ */
+export const proxyProtocolRefusedReasons = ["untrusted_source", "malformed", "timeout", "closed"] as const
+/** `reason` label value of a refused PROXY protocol header. */
+export type ProxyProtocolRefusedReason = (typeof proxyProtocolRefusedReasons)[number]
 
 /** `kind` of `sleeve_certificate_not_after_timestamp_seconds`. */
 export const certificateKinds = ["own", "ca"] as const
@@ -163,6 +185,8 @@ export interface CertificateExpiry {
 export interface ListenerOptions {
   /** The listener's STARTTLS protocol name from the configuration, if it upgrades in-band. */
   readonly starttls?: string | undefined
+  /** Whether the listener sends (`proxyProtocol`) and/or accepts (`acceptProxyProtocol`) PROXY headers. */
+  readonly proxyProtocol?: { readonly send: boolean; readonly accept: boolean } | undefined
 }
 
 /**
@@ -236,6 +260,17 @@ export interface Recorder {
    * nextUpdate of its CRLs. Configurations no longer listed disappear.
    */
   readonly replaceCrls: (crls: Iterable<CrlNextUpdate>) => void
+  /** Counts one PROXY protocol header accepted from a load balancer or written to a target. */
+  readonly proxyProtocolHeader: (
+    listener: string,
+    direction: ProxyProtocolDirection,
+    version: ProxyProtocolVersion
+  ) => void
+  /**
+   * Counts one connection refused over its PROXY protocol header (the caller also counts it in
+   * `connections_refused_total` with reason `proxy_protocol`).
+   */
+  readonly proxyProtocolRefused: (listener: string, reason: ProxyProtocolRefusedReason) => void
 }
 
 /** The nextUpdate of one CRL of a named TLS configuration. */
@@ -293,6 +328,9 @@ const checkDirection = checker("direction", directions)
 const checkStarttls = checker("STARTTLS result", starttlsResults)
 const checkKind = checker("certificate kind", certificateKinds)
 const checkReload = checker("reload result", reloadResults)
+const checkPpDirection = checker("PROXY protocol direction", proxyProtocolDirections)
+const checkPpVersion = checker("PROXY protocol version", proxyProtocolVersions)
+const checkPpRefused = checker("PROXY protocol refused reason", proxyProtocolRefusedReasons)
 
 const checkName = (what: string, value: string): string => {
   if (typeof value !== "string" || value.length === 0) throw failure(what, value)
@@ -436,6 +474,18 @@ export const make = (options: MakeOptions = {}): Recorder => {
     labelNames: ["tls_config"] as const,
     registers
   })
+  const ppHeaders = new Prom.Counter({
+    name: MetricName.proxyProtocolHeadersTotal,
+    help: "PROXY protocol headers accepted from load balancers (received) or written to targets (sent), by version.",
+    labelNames: ["listener", "direction", "version"] as const,
+    registers
+  })
+  const ppRefused = new Prom.Counter({
+    name: MetricName.proxyProtocolRefusedTotal,
+    help: "Connections refused over their PROXY protocol header, by reason.",
+    labelNames: ["listener", "reason"] as const,
+    registers
+  })
 
   // The histogram has no "create if absent": `zero` resets a series, so remember which exist.
   const durationSeries = new Set<string>()
@@ -487,6 +537,13 @@ export const make = (options: MakeOptions = {}): Recorder => {
       if (protocol !== undefined) {
         for (const result of starttlsResults) upgrades.inc({ listener, protocol, result }, 0)
         discarded.inc({ listener, protocol }, 0)
+      }
+      const pp = listenerOptions.proxyProtocol
+      if (pp?.send === true)
+        for (const version of proxyProtocolVersions) ppHeaders.inc({ listener, direction: "sent", version }, 0)
+      if (pp?.accept === true) {
+        for (const version of proxyProtocolVersions) ppHeaders.inc({ listener, direction: "received", version }, 0)
+        for (const reason of proxyProtocolRefusedReasons) ppRefused.inc({ listener, reason }, 0)
       }
     },
     handshake: (listener, role, result, durationSeconds) => {
@@ -602,6 +659,14 @@ export const make = (options: MakeOptions = {}): Recorder => {
       }
       crlNextUpdate.reset()
       for (const [tlsConfig, t] of soonest) crlNextUpdate.set({ tls_config: tlsConfig }, t / 1000)
+    },
+    proxyProtocolHeader: (listener, direction, version) => {
+      checkName("listener name", listener)
+      ppHeaders.inc({ listener, direction: checkPpDirection(direction), version: checkPpVersion(version) })
+    },
+    proxyProtocolRefused: (listener, reason) => {
+      checkName("listener name", listener)
+      ppRefused.inc({ listener, reason: checkPpRefused(reason) })
     }
   }
 }
@@ -631,7 +696,9 @@ export const makeNoop = (): Recorder => {
     configLoaded: nothing,
     configReload: nothing,
     setReady: nothing,
-    replaceCrls: nothing
+    replaceCrls: nothing,
+    proxyProtocolHeader: nothing,
+    proxyProtocolRefused: nothing
   }
 }
 

@@ -95,7 +95,9 @@ describe("Metrics.layer", () => {
           sleeve_config_last_reload_success_timestamp_seconds: "gauge",
           sleeve_config_last_reload_successful: "gauge",
           sleeve_ready: "gauge",
-          sleeve_tls_crl_next_update_timestamp_seconds: "gauge"
+          sleeve_tls_crl_next_update_timestamp_seconds: "gauge",
+          sleeve_proxy_protocol_headers_total: "counter",
+          sleeve_proxy_protocol_refused_total: "counter"
         }
         for (const [name, type] of Object.entries(expected)) assert.strictEqual(types.get(name), type, name)
         assert.deepStrictEqual(
@@ -152,7 +154,7 @@ describe("Metrics.layer", () => {
         }
         zero(N.starttlsDiscardedBytesTotal, { listener: "pg", protocol: "postgres" })
         assert.deepStrictEqual(created, expected)
-        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 7 + 2 + 3 + 1)
+        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 8 + 2 + 3 + 1)
 
         // Registering again (a reload) keeps the values recorded so far.
         m.handshake("pg", "server", "ok", 0.02)
@@ -166,6 +168,47 @@ describe("Metrics.layer", () => {
         assert.strictEqual(after.get(key(N.handshakesTotal, { listener: "pg", role: "server", result: "ok" })), 1)
         assert.strictEqual(after.get(key(`${N.handshakeDurationSeconds}_count`, { listener: "pg", role: "server" })), 1)
         assert.strictEqual(after.get(key(N.connectionsActive, { listener: "pg" })), 1)
+      })
+    )
+  )
+
+  it.effect("PROXY protocol series: pre-created per what the listener does, counted by bounded labels", () =>
+    withMetrics((m) =>
+      Effect.gen(function* () {
+        const sends = yield* changesOf(m, () =>
+          m.registerListener("app", ["server"], { proxyProtocol: { send: true, accept: false } })
+        )
+        assert.deepStrictEqual(
+          Object.keys(sends)
+            .filter((k) => k.startsWith("sleeve_proxy_protocol_"))
+            .sort(),
+          [
+            key(N.proxyProtocolHeadersTotal, { listener: "app", direction: "sent", version: "v1" }),
+            key(N.proxyProtocolHeadersTotal, { listener: "app", direction: "sent", version: "v2" })
+          ].sort()
+        )
+        const accepts = yield* changesOf(m, () =>
+          m.registerListener("lb", ["server"], { proxyProtocol: { send: false, accept: true } })
+        )
+        assert.strictEqual(
+          Object.keys(accepts).filter((k) => k.startsWith("sleeve_proxy_protocol_")).length,
+          2 + Metrics.proxyProtocolRefusedReasons.length
+        )
+        const plain = yield* changesOf(m, () => m.registerListener("plain", ["server"]))
+        assert.isFalse(Object.keys(plain).some((k) => k.startsWith("sleeve_proxy_protocol_")))
+        m.proxyProtocolHeader("app", "sent", "v2")
+        m.proxyProtocolRefused("lb", "untrusted_source")
+        const after = yield* snapshot(m)
+        assert.strictEqual(
+          after.get(key(N.proxyProtocolHeadersTotal, { listener: "app", direction: "sent", version: "v2" })),
+          1
+        )
+        assert.strictEqual(
+          after.get(key(N.proxyProtocolRefusedTotal, { listener: "lb", reason: "untrusted_source" })),
+          1
+        )
+        assert.throws(() => m.proxyProtocolRefused("lb", "because" as never), TypeError)
+        assert.throws(() => m.proxyProtocolHeader("lb", "sent", "v3" as never), TypeError)
       })
     )
   )

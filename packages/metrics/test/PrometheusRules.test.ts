@@ -33,7 +33,8 @@ const alertNames = [
   "SleeveHandshakeFailureRatioHigh",
   "SleeveNotReady",
   "SleeveConfigReloadFailing",
-  "SleeveCrlStale"
+  "SleeveCrlStale",
+  "SleeveProxyProtocolRefusals"
 ]
 
 /** `sleeve_*` names used in a file, with histogram/summary suffixes removed. */

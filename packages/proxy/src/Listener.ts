@@ -3,10 +3,12 @@
  * `terminate` (TLS in, plaintext to the target), `originate` (plaintext in, TLS to the target) or
  * `starttls` (a plaintext protocol session upgraded to TLS partway through, on either side).
  *
- * Per connection, in order: limits (draining, `maxConnections`) → TLS and peer authorization
- * (`TlsSession`) → connect to the target (`connectTimeout`) → relay (`Pipe`, with `idleTimeout`)
- * → close. For `terminate`, the target is only dialled once the peer is authorized: a failed
- * handshake or a rejected peer never reaches the application.
+ * Per connection, in order: limits (draining, `maxConnections`) → with `acceptProxyProtocol`,
+ * the trusted source check and its PROXY header (`ProxyProtocolSession`) → TLS and peer
+ * authorization (`TlsSession`) → connect to the target (`connectTimeout`) → with
+ * `proxyProtocol`, the PROXY header to the target → relay (`Pipe`, with `idleTimeout`) → close.
+ * For `terminate`, the target is only dialled once the peer is authorized: a failed handshake or
+ * a rejected peer never reaches the application.
  *
  * Live reconfiguration (IRIS "edit a configuration, activate it"): `update` swaps the activation
  * (listener settings + TLS material) used by connections accepted from then on; connections
@@ -22,6 +24,8 @@ import * as Net from "node:net"
 import type * as Tls from "node:tls"
 import type { EventSink } from "./EventLog.ts"
 import * as Pipe from "./Pipe.ts"
+import type * as ProxyProtocol from "./ProxyProtocol.ts"
+import * as ProxyProtocolSession from "./ProxyProtocolSession.ts"
 import * as Starttls from "./Starttls.ts"
 import * as StarttlsSession from "./StarttlsSession.ts"
 import * as TlsSession from "./TlsSession.ts"
@@ -58,10 +62,16 @@ interface Live {
   relay: Pipe.Relay | undefined
   /** Every socket this connection opened, for a hard close at the drain deadline. */
   readonly sockets: Set<Net.Socket>
+  /** The client's `address:port` for logs (the real client behind a trusted load balancer). */
+  remote: string
+  /** The client's connection as a PROXY header sent onward describes it. */
+  origin: ProxyProtocol.Addresses | undefined
 }
 
 interface Current extends Activation {
   readonly engine: TlsSession.ServerEngine | undefined
+  /** `acceptProxyProtocol.trustedSources`, ready for lookups. */
+  readonly trusted: Net.BlockList | undefined
 }
 
 const activate = (a: Activation): Current => ({
@@ -69,8 +79,28 @@ const activate = (a: Activation): Current => ({
   engine:
     ConfigFile.tlsRole(a.listener) === "server"
       ? TlsSession.makeServerEngine(a.material, a.listener.handshakeTimeoutMs)
-      : undefined
+      : undefined,
+  trusted: trustedSources(a.listener)
 })
+
+const trustedSources = (l: ConfigFile.Listener): Net.BlockList | undefined => {
+  if (l.acceptProxyProtocol === undefined) return undefined
+  const list = new Net.BlockList()
+  for (const c of l.acceptProxyProtocol.trustedSources) {
+    list.addSubnet(c.address, c.prefix, c.family === "IPv4" ? "ipv4" : "ipv6")
+  }
+  return list
+}
+
+/** Whether `address` is in `list` (an IPv4-mapped IPv6 address matches its IPv4 entry). */
+const isTrusted = (list: Net.BlockList, address: string | undefined): boolean =>
+  address !== undefined && Net.isIP(address) !== 0 && list.check(address, Net.isIPv4(address) ? "ipv4" : "ipv6")
+
+/** An outcome's client→target count without the PROXY header Sleeve wrote before the relay. */
+const withoutHeader = (o: Outcome, headerBytes: number): Outcome =>
+  o.bytes === undefined || headerBytes === 0
+    ? o
+    : { ...o, bytes: { ...o.bytes, clientToTarget: Math.max(0, o.bytes.clientToTarget - headerBytes) } }
 
 const formatAddress = ConfigFile.formatAddress
 
@@ -165,11 +195,13 @@ export class RunningListener {
   static start(activation: Activation, deps: Dependencies): Promise<RunningListener> {
     const l = new RunningListener(activation, deps)
     const roles: ReadonlyArray<Metrics.Role> = [ConfigFile.tlsRole(activation.listener)]
-    deps.metrics.registerListener(
-      l.name,
-      roles,
-      activation.listener.starttls === undefined ? {} : { starttls: activation.listener.starttls.protocol }
-    )
+    deps.metrics.registerListener(l.name, roles, {
+      ...(activation.listener.starttls === undefined ? {} : { starttls: activation.listener.starttls.protocol }),
+      proxyProtocol: {
+        send: activation.listener.proxyProtocol !== undefined,
+        accept: activation.listener.acceptProxyProtocol !== undefined
+      }
+    })
     const listen = activation.listener.listen
     return new Promise((resolve, reject) => {
       l.#server.once("error", reject)
@@ -321,17 +353,34 @@ export class RunningListener {
       raw.destroy()
       return
     }
-    const live: Live = { id: `${this.name}#${++this.#seq}`, raw, relay: undefined, sockets: new Set([raw]) }
+    const current = this.#current
+    // acceptProxyProtocol: only the trusted load balancers may connect, and each must send a
+    // header; anyone else could claim any address, so they are refused before a byte is read.
+    if (current.trusted !== undefined && !isTrusted(current.trusted, raw.remoteAddress)) {
+      m.connectionRefused(this.name, "proxy_protocol")
+      m.proxyProtocolRefused(this.name, "untrusted_source")
+      this.#deps.log("warn", "connection_refused", {
+        listener: this.name,
+        reason: "proxy_protocol",
+        detail: "untrusted_source",
+        remote: `${raw.remoteAddress}:${raw.remotePort}`
+      })
+      raw.destroy()
+      return
+    }
+    const live: Live = {
+      id: `${this.name}#${++this.#seq}`,
+      raw,
+      relay: undefined,
+      sockets: new Set([raw]),
+      remote: `${raw.remoteAddress}:${raw.remotePort}`,
+      origin: undefined
+    }
     this.#live.add(live)
     m.connectionOpened(this.name)
     const startedAt = performance.now()
-    this.#deps.log("info", "accepted", {
-      listener: this.name,
-      conn: live.id,
-      remote: `${raw.remoteAddress}:${raw.remotePort}`
-    })
+    if (current.trusted === undefined) this.#logAccepted(live)
     raw.on("error", () => {}) // reported by the stage that owns the socket
-    const current = this.#current
     this.#serve(live, current)
       .catch((e: unknown) => {
         this.#deps.log("error", "connection_error", { listener: this.name, conn: live.id, error: String(e) })
@@ -357,7 +406,76 @@ export class RunningListener {
   }
 
   #ctx(live: Live): TlsSession.SessionContext {
-    return { listener: this.name, connectionId: live.id, metrics: this.#deps.metrics, log: this.#deps.log }
+    return {
+      listener: this.name,
+      connectionId: live.id,
+      remote: live.remote,
+      metrics: this.#deps.metrics,
+      log: this.#deps.log
+    }
+  }
+
+  #logAccepted(live: Live, via?: string): void {
+    this.#deps.log("info", "accepted", {
+      listener: this.name,
+      conn: live.id,
+      remote: live.remote,
+      ...(via === undefined ? {} : { via })
+    })
+  }
+
+  /**
+   * acceptProxyProtocol: reads the trusted source's header (bounded, with its timeout); the real
+   * client becomes the connection's `remote` and `origin`. False when the connection was refused.
+   */
+  async #acceptProxyHeader(live: Live, current: Current): Promise<boolean> {
+    const accept = current.listener.acceptProxyProtocol!
+    const m = this.#deps.metrics
+    const via = live.remote
+    const r = await ProxyProtocolSession.readHeader(live.raw, accept.timeoutMs)
+    if (r._tag === "Failed") {
+      m.connectionRefused(this.name, "proxy_protocol")
+      m.proxyProtocolRefused(this.name, r.failure.reason)
+      this.#deps.log("warn", "connection_refused", {
+        listener: this.name,
+        conn: live.id,
+        reason: "proxy_protocol",
+        detail: r.failure.reason,
+        error: r.failure.detail,
+        remote: via
+      })
+      live.raw.destroy()
+      return false
+    }
+    m.proxyProtocolHeader(this.name, "received", r.header.version === 1 ? "v1" : "v2")
+    live.origin = ProxyProtocolSession.originOf(live.raw, r.header)
+    live.remote = ProxyProtocolSession.formatSource(live.origin, via)
+    this.#logAccepted(live, via)
+    return true
+  }
+
+  /**
+   * proxyProtocol: writes the PROXY header to the target, before any application byte (the relay
+   * starts after it). Returns its length, to keep it out of the application byte counts.
+   */
+  #sendProxyHeader(
+    live: Live,
+    current: Current,
+    target: Net.Socket,
+    secure: Tls.TLSSocket,
+    peer: TlsSession.Secured["peer"]
+  ): number {
+    const version = current.listener.proxyProtocol
+    if (version === undefined) return 0
+    const origin = live.origin ?? ProxyProtocolSession.originOf(live.raw, undefined)
+    const header = ProxyProtocolSession.makeHeader(
+      version,
+      origin,
+      ProxyProtocolSession.tlsFactsOf(secure, peer, current.material.config.name)
+    )
+    target.write(header)
+    this.#deps.metrics.proxyProtocolHeader(this.name, "sent", version)
+    return header.length
   }
 
   async #dial(live: Live, current: Current): Promise<Net.Socket | undefined> {
@@ -380,6 +498,9 @@ export class RunningListener {
 
   async #serve(live: Live, current: Current): Promise<Outcome> {
     const l = current.listener
+    if (l.acceptProxyProtocol !== undefined && !(await this.#acceptProxyHeader(live, current))) {
+      return { reason: "proxy_protocol_refused", bytes: undefined }
+    }
     switch (l.mode) {
       case "terminate":
         return this.#terminate(live, current)
@@ -403,7 +524,8 @@ export class RunningListener {
       await closeGently(tls)
       return { reason: "target_failed", bytes: undefined }
     }
-    return this.#relay(live, tls, target, current, undefined, "target")
+    const headerBytes = this.#sendProxyHeader(live, current, target, tls, secured.success.peer)
+    return withoutHeader(await this.#relay(live, tls, target, current, undefined, "target"), headerBytes)
   }
 
   async #originate(live: Live, current: Current): Promise<Outcome> {
@@ -427,9 +549,41 @@ export class RunningListener {
       return { reason: "target_failed", bytes: undefined }
     }
     const ctx = this.#ctx(live)
-    return this.#starttls(live, current, app, "server", (raw) =>
-      current.engine!.accept(raw, ctx).then((r) => (Result.isSuccess(r) ? r.success.socket : Promise.reject(r.failure)))
+    let peer: TlsSession.Secured["peer"]
+    // proxyProtocol: the header goes to the app once TLS is up, before the first byte it gets
+    // (the configuration allows it only for protocols whose app hears nothing before the upgrade).
+    let headerBytes = 0
+    const preamble = (secure: Tls.TLSSocket): Uint8Array | undefined => {
+      if (current.listener.proxyProtocol === undefined) return undefined
+      if (app.bytesWritten > 0) {
+        // Never a header in the middle of a stream: a bug, so the connection is dropped.
+        this.#deps.log("error", "proxy_protocol_late", { listener: this.name, conn: live.id })
+        app.destroy()
+        return undefined
+      }
+      const header = ProxyProtocolSession.makeHeader(
+        current.listener.proxyProtocol,
+        live.origin ?? ProxyProtocolSession.originOf(live.raw, undefined),
+        ProxyProtocolSession.tlsFactsOf(secure, peer, current.material.config.name)
+      )
+      this.#deps.metrics.proxyProtocolHeader(this.name, "sent", current.listener.proxyProtocol)
+      headerBytes = header.length
+      return header
+    }
+    const outcome = await this.#starttls(
+      live,
+      current,
+      app,
+      "server",
+      (raw) =>
+        current.engine!.accept(raw, ctx).then((r) => {
+          if (Result.isFailure(r)) return Promise.reject(r.failure)
+          peer = r.success.peer
+          return r.success.socket
+        }),
+      preamble
     )
+    return withoutHeader(outcome, headerBytes)
   }
 
   async #starttlsClient(live: Live, current: Current): Promise<Outcome> {
@@ -452,7 +606,8 @@ export class RunningListener {
     current: Current,
     other: Net.Socket,
     side: "server" | "client",
-    upgrade: (raw: Net.Socket) => Promise<Tls.TLSSocket>
+    upgrade: (raw: Net.Socket) => Promise<Tls.TLSSocket>,
+    appPreamble?: StarttlsSession.RunOptions["appPreamble"]
   ): Promise<Outcome> {
     const st = current.listener.starttls!
     const m = this.#deps.metrics
@@ -476,6 +631,7 @@ export class RunningListener {
         app,
         negotiator,
         upgrade,
+        appPreamble,
         signal: abort.signal,
         onDiscarded: (n) => {
           m.starttlsDiscarded(this.name, st.protocol, n)

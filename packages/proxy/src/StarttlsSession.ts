@@ -62,6 +62,12 @@ export interface RunOptions {
   readonly onDiscarded?: ((bytes: number) => void) | undefined
   /** Abort the plaintext phase (e.g. a negotiation timeout). */
   readonly signal?: AbortSignal | undefined
+  /**
+   * Bytes the app must receive first once TLS is up, before anything else is written to it (a
+   * PROXY protocol header carrying what the handshake established); called with the secured
+   * peer socket right after the handshake.
+   */
+  readonly appPreamble?: ((secure: tls.TLSSocket) => Uint8Array | undefined) | undefined
 }
 
 /** Both ends after the upgrade, paused, for the caller to relay. */
@@ -181,6 +187,8 @@ const run = (options: RunOptions, side: Starttls.Side): Promise<Upgraded> => {
             )
             return
           }
+          const preamble = options.appPreamble?.(secure)
+          if (preamble !== undefined && preamble.length > 0) app.write(preamble)
           const post = negotiator.onUpgraded()
           for (const action of post.actions) {
             if (action._tag === "ToPeer") secure.write(action.bytes)

@@ -36,6 +36,11 @@ export class TlsSessionError extends Data.TaggedError("TlsSessionError")<{
 export interface SessionContext {
   readonly listener: string
   readonly connectionId: string
+  /**
+   * The client's `address:port` for the log: the socket's peer, or the real client a trusted
+   * load balancer named in a PROXY protocol header (`acceptProxyProtocol`).
+   */
+  readonly remote?: string | undefined
   readonly metrics: Metrics.Recorder
   readonly log: EventSink
 }
@@ -173,6 +178,7 @@ const judge = (
     ctx.log("warn", "peer_rejected", {
       listener: ctx.listener,
       conn: ctx.connectionId,
+      ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
       role,
       tls: material.config.name,
       reason,
@@ -191,6 +197,7 @@ const judge = (
   ctx.log("info", "handshake_ok", {
     listener: ctx.listener,
     conn: ctx.connectionId,
+    ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
     role,
     tls: material.config.name,
     protocol: socket.getProtocol(),
@@ -218,6 +225,7 @@ const failed = (
   ctx.log("warn", "handshake_failed", {
     listener: ctx.listener,
     conn: ctx.connectionId,
+    ...(ctx.remote === undefined ? {} : { remote: ctx.remote }),
     role,
     tls: material.config.name,
     reason,

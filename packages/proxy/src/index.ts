@@ -2,6 +2,8 @@
 export * as EventLog from "./EventLog.ts"
 export * as Listener from "./Listener.ts"
 export * as Pipe from "./Pipe.ts"
+export * as ProxyProtocol from "./ProxyProtocol.ts"
+export * as ProxyProtocolSession from "./ProxyProtocolSession.ts"
 export * as Starttls from "./Starttls.ts"
 export * as StarttlsSession from "./StarttlsSession.ts"
 export * as TlsSession from "./TlsSession.ts"
