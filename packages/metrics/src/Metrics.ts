@@ -30,7 +30,10 @@ import * as Prom from "prom-client"
 // Metric names (public contract; docs/metrics.md has the table)
 // ---------------------------------------------------------------------------------------------
 
-/** Every metric name this module registers, besides prom-client's default process metrics. */
+/**
+ * Every metric name this module registers, besides prom-client's default process metrics (all
+ * of them but `droppedDefaultMetrics`).
+ */
 export const MetricName = {
   handshakesTotal: "sleeve_tls_handshakes_total",
   handshakeFailuresTotal: "sleeve_tls_handshake_failures_total",
@@ -56,6 +59,18 @@ export const MetricName = {
 
 /** One of the `sleeve_*` metric names. */
 export type MetricName = (typeof MetricName)[keyof typeof MetricName]
+
+/**
+ * prom-client default metrics that are not registered: gauges whose names end in `_total`,
+ * which Prometheus reserves for counters (`promtool check metrics` rejects them). Each is the
+ * sum of a per-`type` gauge that is kept: `nodejs_active_handles_total` is
+ * `sum(nodejs_active_handles)`, and so on.
+ */
+export const droppedDefaultMetrics: ReadonlyArray<string> = [
+  "nodejs_active_handles_total",
+  "nodejs_active_requests_total",
+  "nodejs_active_resources_total"
+]
 
 /** Upper bounds (seconds) of the handshake duration histogram buckets. */
 export const handshakeDurationBuckets: ReadonlyArray<number> = [
@@ -352,7 +367,10 @@ const minuteMillis = 60 * 1000
 export const make = (options: MakeOptions = {}): Recorder => {
   const now = options.now ?? Date.now
   const registry = new Prom.Registry()
-  if (options.defaultMetrics !== false) Prom.collectDefaultMetrics({ register: registry })
+  if (options.defaultMetrics !== false) {
+    Prom.collectDefaultMetrics({ register: registry })
+    for (const name of droppedDefaultMetrics) registry.removeSingleMetric(name)
+  }
   const registers = [registry]
 
   const handshakes = new Prom.Counter({

@@ -107,6 +107,11 @@ describe("Metrics.layer", () => {
         // prom-client's default metrics, unprefixed
         assert.strictEqual(types.get("process_cpu_user_seconds_total"), "counter")
         assert.strictEqual(types.get("nodejs_heap_size_total_bytes"), "gauge")
+        // ... minus the gauges named like counters; their per-type breakdowns stay.
+        for (const name of Metrics.droppedDefaultMetrics) {
+          assert.isFalse(types.has(name), name)
+          assert.strictEqual(types.get(name.replace(/_total$/, "")), "gauge", name)
+        }
         assert.match(m.contentType, /^text\/plain; version=0\.0\.4/)
       })
     )
