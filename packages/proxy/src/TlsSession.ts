@@ -287,9 +287,11 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
     pending.delete(raw)
     p.resolve(r(p))
   }
-  engine.on("secureConnection", (t: Tls.TLSSocket) =>
+  engine.on("secureConnection", (t: Tls.TLSSocket) => {
+    // Half-close is back on for the data phase (see `accept`).
+    t.allowHalfOpen = parentOf(t)?.allowHalfOpen ?? true
     settle(t, (p) => judge(t, material, "server", p.ctx, p.startedAt))
-  )
+  })
   engine.on("tlsClientError", (err: Error & { code?: string }, t: Tls.TLSSocket) =>
     settle(t, (p) => {
       // The peer's chain, read before the socket goes: it names a revoked certificate in the log.
@@ -332,7 +334,13 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
             )
           })
         )
+        // The TLS socket takes `allowHalfOpen` from `raw`. Off during the handshake: a peer that
+        // half-closes before it is done can never finish it, so Node closes at its FIN (counted
+        // `other` above) instead of holding the socket until the handshake timeout.
+        const halfOpen = raw.allowHalfOpen
+        raw.allowHalfOpen = false
         engine.emit("connection", raw)
+        raw.allowHalfOpen = halfOpen
       })
   }
 }
