@@ -25,7 +25,8 @@ const alertNames = [
   "SleeveHandshakeFailureRatioHigh",
   "SleeveNotReady",
   "SleeveConfigReloadFailing",
-  "SleeveCrlStale"
+  "SleeveCrlStale",
+  "SleeveProxyProtocolRefusals"
 ]
 
 let pki: TestPki.TestPki
