@@ -5,6 +5,8 @@
  *   `target_unreachable`, and once the target listens again new connections work;
  * - the target name does not resolve (`.invalid`): counted `target_unreachable`, the sidecar
  *   keeps serving its other listener;
+ * - the target is slow to accept (a full listen backlog): the dial runs into `connectTimeout`,
+ *   counted `target_timeout`;
  * - file descriptors run out (`ulimit -n`): accept fails with EMFILE, the process survives, the
  *   admin endpoint answers again and new TLS connections succeed once the others are closed.
  */
@@ -16,7 +18,7 @@ import { waitUntil } from "@sleeve/testing/Wait"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
 import { request } from "undici"
-import { type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
+import { type SleeveDaemon, startDaemon, startSleeve } from "../support/Prometheus.ts"
 
 let pki: TestPki.TestPki
 let root: TestPki.Identity
@@ -127,6 +129,49 @@ describe("the target fails", () => {
     expect(await metric(d, 'sleeve_connections_refused_total{listener="nowhere",reason="target_unreachable"}')).toBe(3)
     expect(await exchange(d.listeners.ok!.port, "fine\n")).toEqual({ secured: true, received: "fine\n" })
     expect(d.hasExited()).toBe(false)
+  }, 60_000)
+})
+
+describe("the target is slow to accept", () => {
+  it("a full listen backlog runs into connectTimeout: counted target_timeout", async () => {
+    // A target that listens with a backlog of 0 and never accepts: once the queue is full the
+    // kernel drops further SYNs and the sidecar's connect waits until its connectTimeout.
+    const target = startDaemon(
+      "python3",
+      [
+        "-c",
+        [
+          "import socket, sys, time",
+          "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(0)",
+          "print(s.getsockname()[1], flush=True)",
+          "fill = []",
+          "for _ in range(4):",
+          "    c = socket.socket(); c.settimeout(1)",
+          "    try: c.connect(s.getsockname()); fill.append(c)",
+          "    except OSError: break",
+          "print('full', len(fill), flush=True)",
+          "time.sleep(600)"
+        ].join("\n")
+      ],
+      { cwd: pki.dir }
+    )
+    try {
+      await target.waitForOutput((o) => o.includes("full"), { timeoutMs: 15_000 })
+      const port = Number(target.stdout().split("\n")[0])
+      await pki.write(
+        "slow.yaml",
+        config(
+          `  - { name: in, mode: terminate, listen: "127.0.0.1:0", target: "127.0.0.1:${port}", tls: Server, connectTimeout: 1s }`
+        )
+      )
+      const d = await startSleeve("slow.yaml", { cwd: pki.dir })
+      daemons.push(d)
+      expect((await exchange(d.listeners.in!.port, "x\n")).received).toBe("")
+      expect(await metric(d, 'sleeve_connections_refused_total{listener="in",reason="target_timeout"}')).toBe(1)
+      expect(d.hasExited()).toBe(false)
+    } finally {
+      await target.stop("SIGKILL")
+    }
   }, 60_000)
 })
 
