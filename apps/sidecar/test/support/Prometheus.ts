@@ -90,9 +90,17 @@ const parseEvents = (stdout: string): ReadonlyArray<LogEvent> => {
  */
 export const startSleeve = async (
   config: string,
-  options: DaemonOptions & { readonly timeoutMs?: number }
+  options: DaemonOptions & {
+    readonly timeoutMs?: number
+    /** Run under `ulimit -n <n>` (through bash), for file-descriptor exhaustion tests. */
+    readonly maxOpenFiles?: number
+  }
 ): Promise<SleeveDaemon> => {
-  const daemon = startDaemon(node, [mainTs, "run", "--config", config], options)
+  const args = [mainTs, "run", "--config", config]
+  const daemon =
+    options.maxOpenFiles === undefined
+      ? startDaemon(node, args, options)
+      : startDaemon("bash", ["-c", `ulimit -n ${options.maxOpenFiles} && exec "$0" "$@"`, node, ...args], options)
   const events = () => parseEvents(daemon.stdout())
   const output = daemon.output
   let ready: LogEvent
