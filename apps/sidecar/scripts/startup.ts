@@ -11,7 +11,9 @@
  * the admin endpoint on a free port), and no connection is made. Measured per run:
  * - `listen`: spawn to the `"event":"ready"` log line (every listener and the admin endpoint bound);
  * - `readyz`: spawn to the first `200` from `GET /readyz` (polled every 2 ms);
- * - `rss`/`hwm`: VmRSS and VmHWM from /proc/PID/status after `--idle-ms` (default 2000) idle;
+ * - `RSS`/`HWM`: VmRSS and VmHWM from /proc/PID/status after `--idle-ms` (default 2000) idle, and
+ *   VmRSS split into anonymous memory (heaps) and file pages (mostly the node binary's own code,
+ *   shared with every other Node process on the host);
  * - with `--heap`: V8 heap used/total and external memory at the same moment, read by a
  *   preloaded probe (`--import`) on SIGUSR2 — a separate run, so the probe never inflates `rss`.
  * Variants are interleaved (run 1 of each, run 2 of each, …); medians with min–max are printed.
@@ -38,6 +40,8 @@ interface Sample {
   readonly readyzMs: number
   readonly rssKiB: number
   readonly hwmKiB: number
+  readonly anonKiB: number
+  readonly fileKiB: number
   readonly heap?: { readonly used: number; readonly total: number; readonly external: number }
 }
 
@@ -54,12 +58,20 @@ for (let i = 0; i < args.length; i++) {
   else {
     const eq = a.indexOf("=")
     const label = eq === -1 ? a : a.slice(0, eq)
-    const argv = eq === -1 ? [] : a.slice(eq + 1).split(" ").filter((s) => s !== "")
+    const argv =
+      eq === -1
+        ? []
+        : a
+            .slice(eq + 1)
+            .split(" ")
+            .filter((s) => s !== "")
     variants.push({ label, argv: argv.map((s) => (s.endsWith(".js") || s.endsWith(".ts") ? Path.resolve(s) : s)) })
   }
 }
 if (variants.length === 0) {
-  console.error("usage: startup.ts [--runs N] [--heap] [--idle-ms MS] label=NODE_ARGV… (e.g. dist=apps/sidecar/dist/main.js)")
+  console.error(
+    "usage: startup.ts [--runs N] [--heap] [--idle-ms MS] label=NODE_ARGV… (e.g. dist=apps/sidecar/dist/main.js)"
+  )
   process.exit(2)
 }
 
@@ -84,10 +96,10 @@ const readyz = (port: number): Promise<number> =>
     req.on("error", () => resolve(0))
   })
 
-const procStatus = (pid: number): { rssKiB: number; hwmKiB: number } => {
+const procStatus = (pid: number): { rssKiB: number; hwmKiB: number; anonKiB: number; fileKiB: number } => {
   const status = Fs.readFileSync(`/proc/${pid}/status`, "utf8")
   const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? Number.NaN)
-  return { rssKiB: kib("VmRSS"), hwmKiB: kib("VmHWM") }
+  return { rssKiB: kib("VmRSS"), hwmKiB: kib("VmHWM"), anonKiB: kib("RssAnon"), fileKiB: kib("RssFile") }
 }
 
 // The configuration: what `sleeve certs` writes, with port-0 listeners and a free admin port.
@@ -122,7 +134,11 @@ const once = async (v: Variant, withHeap: boolean): Promise<Sample> => {
     ? ["-e", 'console.log(\'{"event":"ready"}\');setInterval(()=>{},1e9)']
     : [...(withHeap ? ["--import", probe] : []), ...v.argv, "run", "-c", configFile]
   const t0 = performance.now()
-  const child = spawn(node, argv, { cwd: work, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_COLOR: "1" } })
+  const child = spawn(node, argv, {
+    cwd: work,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, NO_COLOR: "1" }
+  })
   let out = ""
   let err = ""
   let listenMs = Number.NaN
@@ -203,7 +219,13 @@ for (const v of variants) {
     )} ms  RSS ${fmt(
       s.map((x) => x.rssKiB),
       mib
-    )} MiB  HWM ${fmt(
+    )} MiB (anon ${fmt(
+      s.map((x) => x.anonKiB),
+      mib
+    )}, file ${fmt(
+      s.map((x) => x.fileKiB),
+      mib
+    )})  HWM ${fmt(
       s.map((x) => x.hwmKiB),
       mib
     )} MiB` +

@@ -22,7 +22,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { childEnv, mainTs, node } from "./Sleeve.ts"
+import { childEnv, main, node } from "./Sleeve.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Daemon
@@ -92,7 +92,7 @@ export const startSleeve = async (
   config: string,
   options: DaemonOptions & { readonly timeoutMs?: number }
 ): Promise<SleeveDaemon> => {
-  const daemon = startDaemon(node, [mainTs, "run", "--config", config], options)
+  const daemon = startDaemon(node, [main, "run", "--config", config], options)
   const events = () => parseEvents(daemon.stdout())
   const output = daemon.output
   let ready: LogEvent
