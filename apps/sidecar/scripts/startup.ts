@@ -5,7 +5,9 @@
  *
  * A VARIANT is `label=ARGV`: the Node arguments, space-separated, of one way to start Sleeve, e.g.
  * `src=apps/sidecar/src/main.ts`, `dist=apps/sidecar/dist/main.js`,
- * `semi1=--max-semi-space-size=1 apps/sidecar/dist/main.js`; the label `bare` (no ARGV) is a Node
+ * `semi1=--max-semi-space-size=1 apps/sidecar/dist/main.js`, and `env:NAME=VALUE` words set an
+ * environment variable for that variant only (`cache=env:NODE_COMPILE_CACHE=/tmp/ncc
+ * apps/sidecar/dist/main.js`); the label `bare` (no ARGV) is a Node
  * process that does nothing, the floor. Each is started with `run -c sleeve.yaml` on a
  * configuration written by `sleeve certs` (two listeners, terminate and originate, on port 0, and
  * the admin endpoint on a free port), and no connection is made. Measured per run:
@@ -33,6 +35,7 @@ const node = process.execPath
 interface Variant {
   readonly label: string
   readonly argv: ReadonlyArray<string>
+  readonly env: Readonly<Record<string, string>>
 }
 
 interface Sample {
@@ -58,14 +61,14 @@ for (let i = 0; i < args.length; i++) {
   else {
     const eq = a.indexOf("=")
     const label = eq === -1 ? a : a.slice(0, eq)
-    const argv =
-      eq === -1
-        ? []
-        : a
-            .slice(eq + 1)
-            .split(" ")
-            .filter((s) => s !== "")
-    variants.push({ label, argv: argv.map((s) => (s.endsWith(".js") || s.endsWith(".ts") ? Path.resolve(s) : s)) })
+    const words = eq === -1 ? [] : a.slice(eq + 1).split(" ")
+    const env: Record<string, string> = {}
+    const argv: Array<string> = []
+    for (const w of words) {
+      if (w.startsWith("env:")) env[w.slice(4, w.indexOf("="))] = w.slice(w.indexOf("=") + 1)
+      else if (w !== "") argv.push(w.endsWith(".js") || w.endsWith(".ts") ? Path.resolve(w) : w)
+    }
+    variants.push({ label, argv, env })
   }
 }
 if (variants.length === 0) {
