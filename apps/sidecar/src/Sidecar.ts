@@ -11,9 +11,7 @@ import type { Certificate, TlsMaterial } from "@sleeve/core"
 import { ConfigFile, Crl } from "@sleeve/core"
 import { Metrics } from "@sleeve/metrics"
 import { EventLog, ProxyRuntime } from "@sleeve/proxy"
-import { Context, Effect, Layer, Result } from "effect"
-import { HttpServer } from "effect/http"
-import { NetAddress } from "effect/net"
+import { Effect, Result } from "effect"
 import * as Fs from "node:fs"
 import * as StatusServer from "./StatusServer.ts"
 
@@ -223,8 +221,8 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       const admin = first.success.config.admin
       let adminAddress: string | undefined
       if (admin !== undefined && admin.listen._tag === "Tcp") {
-        const context = yield* Layer.build(
-          StatusServer.layer(admin.listen, {
+        const served = yield* Effect.mapError(
+          StatusServer.serve(admin.listen, {
             metrics,
             ready: () => draining === undefined && proxy.status().ready,
             status: () => {
@@ -250,10 +248,10 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
                 lastReload
               }
             }
-          })
-        ).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
-        const address = Context.get(context, HttpServer.HttpServer).address
-        adminAddress = address._tag === "UnixPathAddress" ? undefined : NetAddress.formatUrlUnsafe(address, "http")
+          }),
+          (e) => new Error(`cannot serve the admin endpoint: ${e.message}`, { cause: e })
+        )
+        adminAddress = served.url
         // Runs before the admin endpoint closes (see `drainOnce`).
         yield* Effect.addFinalizer(() => Effect.promise(() => drainOnce(proxy)))
       }

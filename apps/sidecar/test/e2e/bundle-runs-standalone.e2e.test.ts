@@ -1,13 +1,17 @@
 /**
- * The one-file build: `rolldown -c rolldown.config.ts` (the package's `bundle` script) writes
- * `dist/main.js`; a copy of it, alone in an empty folder with no node_modules anywhere above,
- * must run `--version`, `dn` and `check` (encrypted key, chain, dual-use) exactly as the source does,
- * and `demo`, whose test PKI needs @peculiar/x509 and so the reflect-metadata polyfill.
+ * The production build: `rolldown -c rolldown.config.ts` (the package's `bundle` script) writes
+ * `main.js` and the chunks it imports into one folder; a copy of that folder, alone in an empty
+ * folder with no node_modules anywhere above, must run `--version`, `dn` and `check` (encrypted
+ * key, chain, dual-use) exactly as the source does, and `demo`, whose test PKI needs
+ * @peculiar/x509 and so the reflect-metadata polyfill.
+ *
+ * It builds into a folder of its own (`--dir`), never into `dist/`, which the other e2e tests
+ * are running (test/support/BuildArtefact.ts builds that one).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { existsSync } from "node:fs"
-import { copyFile, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
+import { cp, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
 import { isBuiltin } from "node:module"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -47,26 +51,42 @@ afterAll(async () => {
   if (bundleDir !== "") await rm(bundleDir, { recursive: true, force: true })
 })
 
-describe("bundle (dist/main.js)", { timeout: 90_000 }, () => {
+describe("bundle (dist/main.js and its chunks)", { timeout: 90_000 }, () => {
   it("builds with rolldown and runs from an empty folder without node_modules", async () => {
     const started = Date.now()
-    const build = await run(join(appDir, "node_modules/.bin/rolldown"), ["-c", "rolldown.config.ts"], {
-      cwd: appDir,
-      env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` },
-      timeoutMs: 80_000
-    })
+    const buildDir = join(bundleDir, "build")
+    const build = await run(
+      join(appDir, "node_modules/.bin/rolldown"),
+      ["-c", "rolldown.config.ts", "--dir", buildDir],
+      {
+        cwd: appDir,
+        env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` },
+        timeoutMs: 80_000
+      }
+    )
     expect(build.code, build.stderr + build.stdout).toBe(0)
-    const built = join(appDir, "dist/main.js")
-    expect((await stat(built)).mtimeMs).toBeGreaterThanOrEqual(started - 1000)
-    const code = await readFile(built, "utf8")
-    // Only Node built-ins are left to import at run time.
-    const imports = [...code.matchAll(/^import\s(?:[^'"]*?\sfrom\s)?["']([^"']+)["']/gm)].map((m) => m[1])
+    const files = (await readdir(buildDir)).sort()
+    expect(files).toContain("main.js")
+    expect((await stat(join(buildDir, "main.js"))).mtimeMs).toBeGreaterThanOrEqual(started - 1000)
+    // Only Node built-ins and the folder's own chunks are left to import at run time.
+    const imports: Array<string | undefined> = []
+    for (const file of files) {
+      const code = await readFile(join(buildDir, file), "utf8")
+      imports.push(
+        ...[...code.matchAll(/(?:^|[;}])\s*import\s*(?:[^'"`;]*?from\s*)?["'`]([^"'`]+)["'`]/g)].map((m) => m[1])
+      )
+      imports.push(...[...code.matchAll(/\bimport\(\s*["'`]([^"'`]+)["'`]\s*\)/g)].map((m) => m[1]))
+    }
     expect(imports.length).toBeGreaterThan(0)
-    expect(imports.filter((s) => s === undefined || !isBuiltin(s))).toEqual([])
+    expect(
+      imports.filter((s) => s === undefined || !(isBuiltin(s) || (s.startsWith("./") && files.includes(s.slice(2)))))
+    ).toEqual([])
 
-    const main = join(bundleDir, "main.js")
-    await copyFile(built, main)
-    expect(await readdir(bundleDir)).toEqual(["main.js"])
+    const appFolder = join(bundleDir, "app")
+    await cp(buildDir, appFolder, { recursive: true })
+    await rm(buildDir, { recursive: true })
+    const main = join(appFolder, "main.js")
+    expect((await readdir(appFolder)).sort()).toEqual(files)
     // Nothing to fall back on: no node_modules in the folder or any folder above it.
     const above: Array<string> = []
     for (let d = bundleDir; ; d = dirname(d)) {
@@ -77,11 +97,11 @@ describe("bundle (dist/main.js)", { timeout: 90_000 }, () => {
 
     const pkg = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as { version: string }
     const [version, dn, check, checkNoPassword, demo] = await Promise.all([
-      run(node, [main, "--version"], { cwd: bundleDir }),
+      run(node, [main, "--version"], { cwd: appFolder }),
       run(node, [main, "dn", "--all", "node.chain.pem"], { cwd: pki.dir }),
       run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir, env: { KEY_PASSWORD: password } }),
       run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir }),
-      stopWhenReady(node, [main, "demo"], { cwd: bundleDir, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
+      stopWhenReady(node, [main, "demo"], { cwd: appFolder, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
     ])
     expect(version.stdout).toBe(`sleeve ${pkg.version}\n`)
     expect(version.code).toBe(0)

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
-import { lines, mainTs, node, sleeve } from "../support/Sleeve.ts"
+import { lines, main, node, sleeve } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
 const password = "pr0mpted-Secret"
@@ -38,7 +38,7 @@ const shellQuote = (s: string) => `'${s.replaceAll("'", "'\\''")}'`
 
 /** Runs `sleeve check` on a pseudo-terminal and types `typed` (then Enter) once the prompt shows. */
 const checkOnTerminal = async (typed: string): Promise<{ readonly code: number | null; readonly screen: string }> => {
-  const command = [node, mainTs, "check", "--config", "sleeve.yaml"].map(shellQuote).join(" ")
+  const command = [node, main, "check", "--config", "sleeve.yaml"].map(shellQuote).join(" ")
   const terminal = Process.startDaemon("script", ["-q", "-e", "-c", command, "/dev/null"], {
     cwd: pki.dir,
     env: { ...process.env, NO_COLOR: "1", TERM: "xterm" },

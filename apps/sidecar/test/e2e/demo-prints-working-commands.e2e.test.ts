@@ -10,7 +10,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Process from "@sleeve/testing/Process"
 import { existsSync } from "node:fs"
 import { endLine, readyLine } from "../../src/Demo.ts"
-import { appDir, childEnv, mainTs, node, run } from "../support/Sleeve.ts"
+import { appDir, childEnv, main, node, run } from "../support/Sleeve.ts"
 
 /** The numbered steps of the printed block: `  N. what` followed by one command line. */
 const steps = (block: string): Map<number, string> => {
@@ -28,7 +28,7 @@ const bash = (command: string) => run("bash", ["-c", command], { timeoutMs: 15_0
 
 describe("sleeve demo", { timeout: 40_000 }, () => {
   it("prints commands that work as printed, then exits 0 on SIGINT", async () => {
-    const demo = Process.startDaemon(node, [mainTs, "demo"], {
+    const demo = Process.startDaemon(node, [main, "demo"], {
       cwd: appDir,
       env: childEnv(),
       stdin: "pipe",
@@ -53,7 +53,7 @@ describe("sleeve demo", { timeout: 40_000 }, () => {
         bash(command(3)),
         bash(command(5)),
         bash(command(6)),
-        run(node, [mainTs, "check", "--config", check as string]),
+        run(node, [main, "check", "--config", check as string]),
         bash(status as string)
       ])
       const metrics = await bash(command(4))

@@ -11,7 +11,7 @@ import { freePort } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import * as Net from "node:net"
-import { childEnv, mainTs, node } from "../support/Sleeve.ts"
+import { childEnv, main, node } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
 let occupied: Net.Server
@@ -102,7 +102,7 @@ describe("sleeve run refuses a broken configuration and opens nothing", { timeou
       const port = await freePort()
       const name = `${c.name.replace(/\W+/g, "-")}.yaml`
       await pki.write(name, file(port, c.broken(port)))
-      const daemon = Process.startDaemon(node, [mainTs, "run", "--config", name], {
+      const daemon = Process.startDaemon(node, [main, "run", "--config", name], {
         cwd: pki.dir,
         env: childEnv(),
         killAfterMs: 30_000

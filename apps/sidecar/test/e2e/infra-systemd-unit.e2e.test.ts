@@ -31,7 +31,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
 import { startDaemon } from "../support/Prometheus.ts"
-import { mainTs, node, repoRoot, run } from "../support/Sleeve.ts"
+import { main, node, repoRoot, run } from "../support/Sleeve.ts"
 import { exchange } from "../support/TlsClient.ts"
 
 const unitFile = join(repoRoot, "infra/systemd/sleeve.service")
@@ -328,7 +328,7 @@ listeners:
     const trace = join(pki.dir, "strace.txt")
     const daemon = startDaemon(
       "strace",
-      ["-f", "-qq", "-o", trace, node, mainTs, "run", "--config", join(pki.dir, "sleeve.yaml")],
+      ["-f", "-qq", "-o", trace, node, main, "run", "--config", join(pki.dir, "sleeve.yaml")],
       { cwd: pki.dir }
     )
     try {

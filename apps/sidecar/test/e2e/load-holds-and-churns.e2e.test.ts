@@ -19,7 +19,7 @@ import { eventually, sleep } from "@sleeve/testing/Wait"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Tls from "node:tls"
-import { childEnv, mainTs, node } from "../support/Sleeve.ts"
+import { childEnv, main, node } from "../support/Sleeve.ts"
 
 const soak = process.env.SLEEVE_SOAK === "1"
 const HELD = Number(process.env.SLEEVE_LOAD_HELD ?? (soak ? 5000 : 1000))
@@ -85,7 +85,7 @@ listeners:
   )
   daemon = Process.startDaemon(
     "bash",
-    ["-c", 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', node, mainTs, "run", "--config", "sleeve.yaml"],
+    ["-c", 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$@"', node, main, "run", "--config", "sleeve.yaml"],
     { cwd: pki.dir, env: childEnv() }
   )
   await daemon.waitForOutput('"event":"ready"', { timeoutMs: 30_000 })

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { readyLine } from "../../src/Demo.ts"
-import { mainTs, node, stopWhenReady } from "../support/Sleeve.ts"
+import { main, node, stopWhenReady } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
 
@@ -36,12 +36,12 @@ afterAll(async () => {
 describe("long-running commands", { timeout: 40_000 }, () => {
   it("run exits 0 after SIGTERM, demo exits 0 after SIGINT", async () => {
     const [run, demo] = await Promise.all([
-      stopWhenReady(node, [mainTs, "run", "--config", "sleeve.yaml"], {
+      stopWhenReady(node, [main, "run", "--config", "sleeve.yaml"], {
         cwd: pki.dir,
         ready: (out) => out.includes('"event":"ready"'),
         signal: "SIGTERM"
       }),
-      stopWhenReady(node, [mainTs, "demo"], { cwd: pki.dir, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
+      stopWhenReady(node, [main, "demo"], { cwd: pki.dir, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
     ])
     for (const r of [run, demo]) {
       expect(r.signalled).toBe(true)

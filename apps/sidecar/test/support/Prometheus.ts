@@ -22,7 +22,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
-import { childEnv, mainTs, node } from "./Sleeve.ts"
+import { childEnv, main, node } from "./Sleeve.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Daemon
@@ -96,7 +96,7 @@ export const startSleeve = async (
     readonly maxOpenFiles?: number
   }
 ): Promise<SleeveDaemon> => {
-  const args = [mainTs, "run", "--config", config]
+  const args = [main, "run", "--config", config]
   const daemon =
     options.maxOpenFiles === undefined
       ? startDaemon(node, args, options)

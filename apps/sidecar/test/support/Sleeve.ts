@@ -1,7 +1,9 @@
 /**
  * Black-box harness for the `sleeve` executable: spawns it as a real process with the repo's
- * Node 24 (`node_modules/.bin/node src/main.ts …`, or a bundle), on top of `Process` from
- * @sleeve/testing (`openssl` as an oracle is `Openssl` there).
+ * Node 24 — the production artefact, `node_modules/.bin/node dist/main.js …`, which
+ * test/support/BuildArtefact.ts (the project's vitest global setup) builds once per test run —
+ * on top of `Process` from @sleeve/testing (`openssl` as an oracle is `Openssl` there).
+ * With `SLEEVE_E2E_SOURCE=1` in the environment, tests run `src/main.ts` instead, without a build.
  * Paths are resolved from this file, so tests run the same from any working directory.
  *
  * The child gets the caller's environment minus the variables that change the CLI's behaviour
@@ -18,8 +20,20 @@ export const node = fileURLToPath(new URL("../../../../node_modules/.bin/node", 
 export const nodeBinDir = fileURLToPath(new URL("../../../../node_modules/.bin/", import.meta.url))
 /** apps/sidecar. */
 export const appDir = fileURLToPath(new URL("../../", import.meta.url))
-/** The CLI's entry point, run from source. */
+/** The CLI's entry point, run from source (development: `pnpm sleeve …`). */
 export const mainTs = fileURLToPath(new URL("../../src/main.ts", import.meta.url))
+/**
+ * Where the e2e tests' copy of the production artefact is built (test/support/BuildArtefact.ts):
+ * the same build as `dist/`, in a folder of its own, because the packing tests run
+ * `pnpm run pack`, which empties and rebuilds `dist/` while other tests are running the artefact.
+ */
+export const e2eDist = fileURLToPath(new URL("../../../../node_modules/.cache/sleeve/e2e-dist/", import.meta.url))
+/** The production artefact's entry point (its folder also holds the chunks it imports). */
+export const mainJs = `${e2eDist}main.js`
+/** `SLEEVE_E2E_SOURCE=1`: run the sources rather than the artefact. */
+export const fromSource = /^(1|true|yes)$/i.test(process.env.SLEEVE_E2E_SOURCE ?? "")
+/** What the e2e tests start: {@link mainJs}, or {@link mainTs} with `SLEEVE_E2E_SOURCE=1`. */
+export const main = fromSource ? mainTs : mainJs
 
 /** What a finished process left behind. */
 export type Ran = Process.Ran
@@ -82,9 +96,9 @@ export const stopWhenReady = async (
   return { code, signal, stdout: daemon.stdout(), stderr: daemon.stderr(), signalled }
 }
 
-/** Runs `sleeve args…` from source with the repo's Node. */
+/** Runs `sleeve args…` ({@link main}) with the repo's Node. */
 export const sleeve = (args: ReadonlyArray<string>, options: RunOptions = {}): Promise<Ran> =>
-  run(node, [mainTs, ...args], options)
+  run(node, [main, ...args], options)
 
 /** The lines of an output, without the final newline. */
 export const lines = (text: string): ReadonlyArray<string> => (text === "" ? [] : text.replace(/\n$/, "").split("\n"))
