@@ -227,10 +227,14 @@ listeners:
       for (const [, path = ""] of body.matchAll(/`((?:apps|packages|infra|docs)\/[\w./-]+)`/g)) {
         // Build outputs do not exist in a fresh clone: they must be what the bundler writes.
         if (path.startsWith("apps/sidecar/dist/")) {
+          // The bundler writes the folder (`output.dir`) and one `<entry>.js` per input name.
           const config = readFileSync(join(repoRoot, "apps/sidecar/rolldown.config.ts"), "utf8")
-          expect(config, `${doc}: ${path} is not the bundle's output`).toContain(
-            `file: "${path.slice("apps/sidecar/".length)}"`
-          )
+          expect(config, `${doc}: ${path}: the bundle is not written to dist/`).toContain(`dir: here("dist")`)
+          const file = path.slice("apps/sidecar/dist/".length)
+          if (file !== "") {
+            const entries = [.../input: \{([^}]*)\}/.exec(config)?.[1]?.matchAll(/(\w+):/g) ?? []].map((m) => `${m[1]}.js`)
+            expect(entries, `${doc}: ${path} is not an entry point of the bundle`).toContain(file)
+          }
         } else expect(existsSync(join(repoRoot, path)), `${doc}: ${path}`).toBe(true)
         checked.push(path)
       }
