@@ -79,10 +79,11 @@ const ListenerSchema = Schema.Struct({
 
 // The top level is decoded key by key, and each TLS configuration and listener on its own, so
 // that one broken entry does not hide the problems of the others (see `decode`).
-const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning"] as const
+const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning", "workers"] as const
 const TlsMapSchema = Schema.Record(Schema.String, Schema.Unknown)
 const ListenerArraySchema = Schema.Array(Schema.Unknown)
 const AdminSchema = Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })
+const WorkersSchema = Schema.Union([Schema.Int, Schema.Literal("auto")])
 
 type RawAdmin = typeof AdminSchema.Type
 type RawTlsConfig = typeof TlsConfigSchema.Type
@@ -173,7 +174,18 @@ export interface SleeveConfig {
   readonly admin: { readonly listen: Address } | undefined
   readonly drainTimeoutMs: number
   readonly expiryWarningMs: number
+  /**
+   * How many single-threaded data-path processes serve the listeners: a count, or `auto` (one
+   * per CPU the process may use). 1 (the default) runs everything in one process.
+   */
+  readonly workers: Workers
 }
+
+/** The `workers` setting: a count of processes, or `auto`. */
+export type Workers = number | "auto"
+
+/** The largest `workers` count accepted. */
+export const maxWorkers = 64
 
 /** Defaults, in one place so the docs' configuration reference can quote them. */
 export const defaults = {
@@ -192,7 +204,8 @@ export const defaults = {
   negotiationTimeoutMs: 60_000,
   drainTimeoutMs: 30_000,
   expiryWarningMs: 14 * 86_400_000,
-  adminListen: "127.0.0.1:9464"
+  adminListen: "127.0.0.1:9464",
+  workers: 1
 } as const
 
 // ---------------------------------------------------------------------------------------------
@@ -381,9 +394,10 @@ export const decode = (text: string, file: string): Result.Result<SleeveConfig, 
   checkListenerSet(rawListeners, admin, error)
   const drainTimeoutMs = durationOr(rawDuration("drainTimeout"), defaults.drainTimeoutMs, "drainTimeout", error)
   const expiryWarningMs = durationOr(rawDuration("expiryWarning"), defaults.expiryWarningMs, "expiryWarning", error)
+  const workers = decodeWorkers(root.workers === undefined ? undefined : part(WorkersSchema, ["workers"]), error)
 
   if (problems.length > 0) return Result.fail(new ConfigError({ file: shown, problems }))
-  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs })
+  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs, workers })
 }
 
 /**
@@ -707,6 +721,15 @@ const decodeAdmin = (raw: RawAdmin, error: (path: string, rule: string) => void)
     return undefined
   }
   return { listen: r.success }
+}
+
+const decodeWorkers = (raw: Workers | undefined, error: (path: string, rule: string) => void): Workers => {
+  if (raw === undefined) return defaults.workers
+  if (raw !== "auto" && (raw < 1 || raw > maxWorkers)) {
+    error("workers", `expected 1 to ${maxWorkers} or "auto", got ${raw}`)
+    return defaults.workers
+  }
+  return raw
 }
 
 /** Listeners that use a TLS configuration (used to report which listeners a broken configuration affects). */
