@@ -14,13 +14,13 @@ import { Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { createServer } from "node:http"
 
-/** What the endpoint reads; all synchronous snapshots. */
+/** What the endpoint reads: synchronous snapshots, but for `/status` (with several workers, it asks each). */
 export interface Sources {
   readonly metrics: Metrics.Recorder
   /** `/readyz`: every listener bound and the configuration valid. */
   readonly ready: () => boolean
   /** `/status` body. */
-  readonly status: () => unknown
+  readonly status: () => unknown | Promise<unknown>
 }
 
 const json = (body: unknown, status = 200) =>
@@ -41,7 +41,7 @@ export const routes = (sources: Sources) =>
       yield* router.add(
         "GET",
         "/status",
-        Effect.sync(() => json(sources.status()))
+        Effect.promise(async () => json(await sources.status()))
       )
       yield* router.add(
         "GET",

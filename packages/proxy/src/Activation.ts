@@ -111,15 +111,23 @@ export interface Snapshot {
   readonly now: number
 }
 
-/** A reader that reads from disk and records what it read; `snapshot()` returns the record. */
+/**
+ * A reader that reads from disk and records what it read. `take()` returns the record and
+ * forgets it (it holds key files: keep it no longer than needed).
+ */
 export const recordingReader = (now: Date = new Date()) => {
-  const files: Record<string, string> = {}
+  let files: Record<string, string> = {}
   const readFile: TlsMaterial.FileReader = (path) => {
     const text = readFileSync(path)
     files[path] = text
     return text
   }
-  return { readFile, now, snapshot: (): Snapshot => ({ files: { ...files }, now: now.getTime() }) }
+  const take = (): Snapshot => {
+    const taken = files
+    files = {}
+    return { files: taken, now: now.getTime() }
+  }
+  return { readFile, now, take }
 }
 
 /**
