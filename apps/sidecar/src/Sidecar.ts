@@ -18,13 +18,10 @@ import { Metrics } from "@sleeve/metrics"
 import * as Activation from "@sleeve/proxy/Activation"
 import * as EventLog from "@sleeve/proxy/EventLog"
 import type * as ProxyRuntime from "@sleeve/proxy/ProxyRuntime"
-import { Context, Effect, Layer, Result } from "effect"
-import { HttpServer } from "effect/http"
-import { NetAddress } from "effect/net"
+import { Effect, Result } from "effect"
 import cluster from "node:cluster"
 import * as Fs from "node:fs"
 import * as Workers from "./internal/Workers.ts"
-import * as StatusServer from "./StatusServer.ts"
 import type * as WorkerPool from "./WorkerPool.ts"
 
 /** Options of `sleeve run`. */
@@ -219,37 +216,33 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
       const admin = first.success.config.admin
       let adminAddress: string | undefined
       if (admin !== undefined && admin.listen._tag === "Tcp") {
-        const context = yield* Layer.build(
-          StatusServer.layer(admin.listen, {
-            metrics:
-              proxy.metricsText === undefined
-                ? metrics
-                : { ...metrics, metricsText: Effect.promise(proxy.metricsText) },
-            ready: () => draining === undefined && proxy.status().ready,
-            status: async () => {
-              const a = proxy.current()
-              const details = await proxy.details?.()
-              return {
-                ready: draining === undefined && proxy.status().ready,
-                draining: draining !== undefined,
-                configFile: a.config.file,
-                listeners: details?.listeners ?? proxy.status().listeners,
-                ...(details === undefined ? {} : { workers: details.workers }),
-                tls: [...a.materials.values()].map((m) => ({
-                  name: m.config.name,
-                  type: m.config.type,
-                  verifyPeer: m.config.verifyPeer,
-                  authorizedPeers: m.config.authorizedPeers.length,
-                  certificate: m.chain?.[0] === undefined ? undefined : certSummary(m.chain[0]),
-                  ca: m.ca.map(certSummary)
-                })),
-                lastReload
-              }
+        // Imported here: a worker process (which serves no admin endpoint) never loads the HTTP stack.
+        const StatusServer = yield* Effect.promise(() => import("./StatusServer.ts"))
+        adminAddress = yield* StatusServer.serve(admin.listen, {
+          metrics:
+            proxy.metricsText === undefined ? metrics : { ...metrics, metricsText: Effect.promise(proxy.metricsText) },
+          ready: () => draining === undefined && proxy.status().ready,
+          status: async () => {
+            const a = proxy.current()
+            const details = await proxy.details?.()
+            return {
+              ready: draining === undefined && proxy.status().ready,
+              draining: draining !== undefined,
+              configFile: a.config.file,
+              listeners: details?.listeners ?? proxy.status().listeners,
+              ...(details === undefined ? {} : { workers: details.workers }),
+              tls: [...a.materials.values()].map((m) => ({
+                name: m.config.name,
+                type: m.config.type,
+                verifyPeer: m.config.verifyPeer,
+                authorizedPeers: m.config.authorizedPeers.length,
+                certificate: m.chain?.[0] === undefined ? undefined : certSummary(m.chain[0]),
+                ca: m.ca.map(certSummary)
+              })),
+              lastReload
             }
-          })
-        ).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
-        const address = Context.get(context, HttpServer.HttpServer).address
-        adminAddress = address._tag === "UnixPathAddress" ? undefined : NetAddress.formatUrlUnsafe(address, "http")
+          }
+        }).pipe(Effect.mapError((e) => new Error(`cannot serve the admin endpoint: ${String(e)}`)))
         // Runs before the admin endpoint closes (see `drainOnce`).
         yield* Effect.addFinalizer(() => Effect.promise(() => drainOnce(proxy)))
       }

@@ -10,8 +10,9 @@
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import type { ConfigFile } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
-import { Effect, Layer } from "effect"
-import { HttpRouter, HttpServerResponse } from "effect/http"
+import { Context, Effect, Layer, type Scope } from "effect"
+import { HttpRouter, HttpServer, HttpServerResponse } from "effect/http"
+import { NetAddress } from "effect/net"
 import { createServer } from "node:http"
 
 /** What the endpoint reads: synchronous snapshots, but for `/status` (with several workers, it asks each). */
@@ -58,3 +59,13 @@ export const layer = (address: Extract<ConfigFile.Address, { _tag: "Tcp" }>, sou
   HttpRouter.serve(routes(sources), { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(createServer, { port: address.port, host: address.host }))
   )
+
+/** Serves the admin endpoint for the lifetime of the current scope; succeeds with its URL. */
+export const serve = (
+  address: Extract<ConfigFile.Address, { _tag: "Tcp" }>,
+  sources: Sources
+): Effect.Effect<string | undefined, unknown, Scope.Scope> =>
+  Effect.map(Layer.build(layer(address, sources)), (context) => {
+    const bound = Context.get(context, HttpServer.HttpServer).address
+    return bound._tag === "UnixPathAddress" ? undefined : NetAddress.formatUrlUnsafe(bound, "http")
+  })
