@@ -10,8 +10,8 @@
  * exactly as they drain a single-process sidecar (the primary sends SIGTERM); SIGHUP is ignored,
  * because reloading is the primary's decision (a terminal hang-up reaches the whole group).
  *
- * Listeners bind through the primary (cluster's round-robin handle), so they share one socket
- * per address and a port 0 is the same port in every worker.
+ * Listeners bind through the primary (cluster, `SCHED_NONE`): every worker accepts from the one
+ * socket the primary bound for an address, so a port 0 is the same port in every worker.
  */
 import * as Metrics from "@sleeve/metrics/Metrics"
 import * as Activation from "@sleeve/proxy/Activation"

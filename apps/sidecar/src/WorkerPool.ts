@@ -5,15 +5,24 @@
  * `/readyz` and `/metrics` work the same with one process or many. The primary never loads the
  * data path: it imports types only from @sleeve/proxy's listener and runtime modules.
  *
- * Why `node:cluster` with round-robin scheduling rather than N processes binding with
- * `reusePort`: the primary owns each listening socket, so an address in use fails the start (or
- * the reload) once, as with one process, instead of being silently shared with whatever else
- * bound it with SO_REUSEPORT; port 0 gives one port shared by every worker; a worker that dies
- * or drains leaves no accept queue behind whose connections the kernel would reset (with
- * `reusePort` a closing socket's queued connections are dropped); and connections are spread
- * evenly (the kernel's shared-accept mode, `SCHED_NONE`, is known to pile them onto one or two
- * processes). The cost is one IPC hand-off per accepted connection in the primary; bytes never
- * pass through it (see /work/notes/workers-figures.md for the measurement).
+ * How connections reach the workers: `node:cluster` with `SCHED_NONE`. The primary binds each
+ * listening socket once and shares it with every worker, and the workers accept from it
+ * directly (the kernel hands each connection to one of them). Compared with the alternatives,
+ * measured on this project's 2-core machine (/work/notes/workers-figures.md):
+ *
+ * - cluster round-robin (`SCHED_RR`, Node's default) makes the primary accept every connection
+ *   and pass it to a worker over IPC: that cost 0.5–0.8 ms of CPU per connection on top of a
+ *   ~0.9 ms TLS handshake, and makes the primary a serial bottleneck;
+ * - N processes binding with `reusePort` cost no more than `SCHED_NONE`, but an address already
+ *   taken by another process with SO_REUSEPORT is silently shared instead of failing, port 0
+ *   would be a different port in each worker, and connections queued on a closing worker's own
+ *   socket are reset by the kernel;
+ * - `SCHED_NONE` costs what one process costs per connection, fails an address in use once (the
+ *   primary binds it), gives one port for port 0, and keeps one accept queue, so a worker that
+ *   dies loses only the connections it had accepted. Its known weakness is balance (Node's docs
+ *   report skew with many idle keep-alive connections); measured here it spread 770/778
+ *   handshakes under load and 13/7 of 20 sequential connections, because a worker busy with a
+ *   handshake is not waiting in accept. Bytes never pass through the primary with any of them.
  *
  * All-or-nothing across workers: every worker activates the bytes the primary validated
  * (`Activation.Snapshot`), and a reload that any worker cannot apply (a new listener that
@@ -26,7 +35,9 @@ import type { Activated, Snapshot } from "@sleeve/proxy/Activation"
 import type { EventSink } from "@sleeve/proxy/EventLog"
 import type * as Listener from "@sleeve/proxy/Listener"
 import type * as ProxyRuntime from "@sleeve/proxy/ProxyRuntime"
+import { ConfigFile } from "@sleeve/core"
 import cluster, { type Worker } from "node:cluster"
+import * as Net from "node:net"
 import * as Workers from "./internal/Workers.ts"
 
 /** Restart backoff: the first restart after a stable run waits `restartBaseMs`, then it doubles. */
@@ -113,6 +124,26 @@ export const sumListeners = (
   return [...byName.values()]
 }
 
+/**
+ * Binds and closes every address a reload would newly listen on (port 0 aside), in the primary:
+ * an address in use fails the reload here, once, before any worker tries it. (Workers never
+ * meet a failing listen: with `SCHED_NONE`, Node 24's cluster worker asserts, and exits, when a
+ * listen retried after a failed one comes back with a handle.)
+ */
+const probeNewAddresses = async (current: Activated, next: Activated): Promise<void> => {
+  const key = (l: ConfigFile.Listener) => `${l.mode}|${ConfigFile.formatAddress(l.listen)}`
+  const before = new Map(current.config.listeners.map((l) => [l.name, key(l)]))
+  for (const l of next.config.listeners) {
+    if (before.get(l.name) === key(l) || l.listen._tag !== "Tcp" || l.listen.port === 0) continue
+    const { host, port } = l.listen
+    await new Promise<void>((resolve, reject) => {
+      const probe = Net.createServer()
+      probe.once("error", (e) => reject(new Error(`listener ${l.name}: ${e.message}`, { cause: e })))
+      probe.listen({ host, port, ipv6Only: false, exclusive: true }, () => probe.close(() => resolve()))
+    })
+  }
+}
+
 /** Starts `options.count` workers on `first`; rejects (with every started worker stopped) if one cannot start. */
 export const start = async (first: Activated, firstSnapshot: Snapshot, options: Options): Promise<Pool> => {
   const { log, metrics } = options
@@ -166,7 +197,8 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
       send(w, message(id))
     })
 
-  cluster.schedulingPolicy = cluster.SCHED_RR
+  // See the module header: workers accept from the socket the primary shares.
+  cluster.schedulingPolicy = cluster.SCHED_NONE
   /** Forks the worker of `slot`; resolves with `undefined` once it is ready, or with why it is not. */
   const spawn = (slot: Slot): Promise<string | undefined> =>
     new Promise((resolve) => {
@@ -271,14 +303,16 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
     current: () => current,
     reload: (next, nextSnapshot) =>
       serial(async () => {
+        await probeNewAddresses(current, next)
         const targets = live()
         const apply = (s: Slot, snap: Snapshot) =>
           request(s, (id) => ({ type: "sleeve:reload", id, snapshot: snap }), reloadTimeoutMs)
         const replies = await Promise.all(targets.map((s) => apply(s, nextSnapshot)))
-        // A worker that exited meanwhile is neither: it restarts on whatever is in force.
+        // Committed only when every worker confirmed it: one that exited meanwhile fails the
+        // reload too (its replacement starts on the configuration in force).
         const problems = replies.flatMap((r, i) =>
           r === undefined && targets[i]!.worker === undefined
-            ? []
+            ? [`worker ${targets[i]!.index}: exited during the reload`]
             : r === undefined || r.type !== "sleeve:reloaded"
               ? [`worker ${targets[i]!.index}: no answer within ${reloadTimeoutMs / 1000}s`]
               : r.error === undefined
