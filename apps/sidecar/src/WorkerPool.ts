@@ -200,6 +200,12 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
 
   // See the module header: workers accept from the socket the primary shares.
   cluster.schedulingPolicy = cluster.SCHED_NONE
+  // No `cluster.setupPrimary`: its defaults are what a worker must run, the primary's own
+  // command line — `process.execArgv` (the Node and V8 flags of the launcher: shebang,
+  // ExecStart, `node --flag dist/main.js`; NODE_OPTIONS arrives through the environment),
+  // `process.argv[1]` (the same artefact, dist/main.js and its chunks, or src/main.ts in
+  // development) and `process.argv.slice(2)` (`run --config …`). The workers e2e test checks
+  // every worker's /proc cmdline against the primary's.
   /** Forks the worker of `slot`; resolves with `undefined` once it is ready, or with why it is not. */
   const spawn = (slot: Slot): Promise<string | undefined> =>
     new Promise((resolve) => {
