@@ -2,13 +2,16 @@
  * `sleeve run` with `workers: 2`, seen from outside: one primary and two worker processes.
  *
  * - connections are served by both workers (`/status` lists each with its pid and counts), and
- *   the listening and connection log lines carry the worker;
+ *   the listening and connection log lines carry the worker; the workers run the same artefact
+ *   with the same Node options as the primary (a launcher's V8 flags reach every worker);
  * - `/metrics` is one exposition for the whole sidecar: handshake counters move by exactly the
  *   handshakes made, whichever worker served them;
  * - SIGHUP reaches every worker: a changed `authorizedPeers` decides every new connection, on
  *   both workers;
  * - a bad reload changes nothing anywhere: a configuration error is rejected by the primary
  *   before any worker sees it, and a new listener that cannot bind is undone everywhere;
+ * - a changed CRL file is in force on every worker after its reload, and a forged one is refused
+ *   by the primary, so every worker keeps the CRL in force;
  * - a worker that is killed is replaced (counted in `sleeve_worker_restarts_total`);
  * - SIGTERM drains every worker (a live connection still finishes) and the process exits 0;
  * - with an invalid configuration, or an address in use, nothing starts and the error is
@@ -19,14 +22,14 @@ import * as Exposition from "@sleeve/testing/Exposition"
 import { listen } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { settle, sleep, waitUntil } from "@sleeve/testing/Wait"
-import { existsSync } from "node:fs"
+import { existsSync, readFileSync } from "node:fs"
 import { rename, writeFile } from "node:fs/promises"
 import * as Net from "node:net"
 import { join } from "node:path"
 import * as Tls from "node:tls"
 import { request } from "undici"
 import { type LogEvent, type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
-import { sleeve as runSleeve } from "../support/Sleeve.ts"
+import { main, sleeve as runSleeve } from "../support/Sleeve.ts"
 import { exchange as exchangeAs } from "../support/TlsClient.ts"
 
 let pki: TestPki.TestPki
@@ -36,6 +39,10 @@ let bob: TestPki.Identity
 let echo: Net.Server
 let echoPort = 0
 let daemon: SleeveDaemon | undefined
+/** A Node (V8) option given to the primary on its command line. */
+const nodeOption = "--max-semi-space-size=2"
+/** A process's command line, from /proc. */
+const cmdline = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").slice(0, -1)
 
 interface WorkerStatus {
   readonly worker: number
@@ -46,6 +53,9 @@ interface WorkerStatus {
 }
 interface Status {
   readonly ready: boolean
+  readonly tls: ReadonlyArray<{
+    readonly crl: { readonly lists: ReadonlyArray<{ readonly revoked: number; readonly nextUpdate: string }> }
+  }>
   readonly listeners: ReadonlyArray<{ name: string; totalConnections: number; activeConnections: number }>
   readonly workers: ReadonlyArray<WorkerStatus>
   readonly lastReload: { result: string; problems: ReadonlyArray<string> }
@@ -61,6 +71,7 @@ tls:
     certificateFile: server.crt
     privateKeyFile: server.key
     caFile: trust.pem
+    crlFile: crl.pem
     verifyPeer: require
     authorizedPeers: ${JSON.stringify(options.peers)}
 listeners:
@@ -85,27 +96,33 @@ const exchanges = async (who: TestPki.Identity, n: number) => {
 }
 const accepted = { secured: true, echoed: "ping\n", error: undefined }
 
-const replaceConfig = async (text: string) => {
-  const tmp = join(pki.dir, "sleeve.yaml.next")
+/** Replaces a file by renaming a fully written copy over it (what a Secret update does). */
+const replaceFile = async (name: string, text: string) => {
+  const tmp = join(pki.dir, `${name}.next`)
   await writeFile(tmp, text)
-  await rename(tmp, join(pki.dir, "sleeve.yaml"))
+  await rename(tmp, join(pki.dir, name))
 }
+const replaceConfig = (text: string) => replaceFile("sleeve.yaml", text)
 
 const hs = (result: string) => `sleeve_tls_handshakes_total{listener="in",role="server",result="${result}"}`
 const counters = ["sleeve_tls_handshakes_total", "sleeve_tls_dn_rejections_total", "sleeve_connections_total"]
 
 /** Waits until the counters moved by `expected` since `before`, then checks nothing more came in. */
-const expectMoved = async (before: ReadonlyMap<string, number>, expected: Record<string, number>) => {
+const expectMoved = async (
+  before: ReadonlyMap<string, number>,
+  expected: Record<string, number>,
+  names: ReadonlyArray<string> = counters
+) => {
   const sorted = (o: Record<string, number>) =>
     JSON.stringify(Object.fromEntries(Object.entries(o).sort(([a], [b]) => a.localeCompare(b))))
   const last = await settle(
-    async () => Exposition.diff(before, await scrape(), counters),
+    async () => Exposition.diff(before, await scrape(), names),
     (moved) => sorted(moved) === sorted(expected),
     { timeoutMs: 15_000, everyMs: 200 }
   )
   expect(last).toEqual(expected)
   await sleep(300)
-  expect(Exposition.diff(before, await scrape(), counters)).toEqual(expected)
+  expect(Exposition.diff(before, await scrape(), names)).toEqual(expected)
 }
 
 const reloadEvent = (from: number) =>
@@ -139,14 +156,16 @@ beforeAll(async () => {
   alice = await pki.leaf(root, { name: "alice", subject: "CN=alice" })
   bob = await pki.leaf(root, { name: "bob", subject: "CN=bob" })
   await pki.write("trust.pem", root.certPem)
+  await replaceFile("crl.pem", (await pki.crl(root, { name: "none-revoked" })).pem)
   echo = Net.createServer({ allowHalfOpen: true }, (s) => {
     s.on("error", () => {})
     s.pipe(s)
   })
   echoPort = await listen(echo)
   await pki.write("sleeve.yaml", config({ peers: ["CN=alice"] }))
-  // Three processes start from source on a loaded machine: be generous.
-  daemon = await startSleeve("sleeve.yaml", { cwd: pki.dir, timeoutMs: 90_000 })
+  // Three processes start on a loaded machine: be generous. The Node option stands for the V8
+  // flags a launcher (shebang, ExecStart) puts before the script: the workers must get them too.
+  daemon = await startSleeve("sleeve.yaml", { cwd: pki.dir, timeoutMs: 90_000, nodeArgs: [nodeOption] })
 }, 120_000)
 
 afterAll(async () => {
@@ -163,6 +182,13 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
     expect(new Set(pids).size).toBe(2)
     expect(pids).not.toContain(daemon!.child.pid)
     for (const pid of pids) expect(existsSync(`/proc/${pid}`)).toBe(true)
+    // Each worker runs the primary's artefact with the primary's Node options and arguments
+    // (cluster.fork's defaults: process.execArgv, process.argv[1], process.argv.slice(2)).
+    const primary = cmdline(daemon!.child.pid!)
+    expect(primary.slice(1, 3)).toEqual([nodeOption, main])
+    // (argv[0] aside: the primary was started through node_modules/.bin/node, a symlink, and
+    // forks with process.execPath, the file it points to.)
+    for (const pid of pids) expect(cmdline(pid).slice(1)).toEqual(primary.slice(1))
 
     expect(await exchanges(alice, 20)).toEqual(Array(20).fill(accepted))
     const after = await status()
@@ -270,6 +296,65 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
     } finally {
       await new Promise((r) => taken.close(r))
     }
+  })
+
+  it("a changed CRL is in force on every worker; a forged one is refused and the CRL in force stays everywhere", async () => {
+    // In force: authorizedPeers [bob], a CRL that revokes nobody.
+    const failures = ["sleeve_tls_handshake_failures_total"]
+    const revoked = 'sleeve_tls_handshake_failures_total{listener="in",role="server",reason="revoked"}'
+    let before = await scrape()
+    let s0 = await status()
+    let from = daemon!.events().length
+    // The CA revokes bob: the file watcher reloads (the primary reads the CRL, the workers get its bytes).
+    await replaceFile("crl.pem", (await pki.crl(root, { name: "revokes-bob", revoked: [bob] })).pem)
+    const reloaded = await reloadEvent(from)
+    expect(reloaded.event, JSON.stringify(reloaded)).toBe("reloaded")
+    expect(String(reloaded.trigger)).toContain("crl.pem")
+    await settleReloads()
+    for (const r of await exchanges(bob, 12)) expect(r.echoed).toBe("")
+    let s1 = await status()
+    // Both workers served some of the twelve, and refused every one as revoked.
+    for (const [i, t] of totals(s1).entries()) expect(t - totals(s0)[i]!).toBeGreaterThan(0)
+    await expectMoved(before, { [revoked]: 12 }, failures)
+    expect(s1.tls[0]!.crl.lists[0]!.revoked).toBe(1)
+    // The primary's CRL series, once (not summed over the processes).
+    const nextUpdate = Date.parse(s1.tls[0]!.crl.lists[0]!.nextUpdate)
+    expect((await scrape()).get('sleeve_tls_crl_next_update_timestamp_seconds{tls_config="Server"}')).toBe(
+      Math.floor(nextUpdate / 1000)
+    )
+
+    // A forged CRL (same issuer name, another key) that would unrevoke bob: the primary refuses
+    // it as a whole, so no worker changes.
+    const impostorPki = await TestPki.make()
+    try {
+      const impostor = await impostorPki.ca({ name: "impostor", subject: [{ CN: "Workers Test Root" }] })
+      from = daemon!.events().length
+      await replaceFile("crl.pem", (await impostorPki.crl(impostor, { name: "forged" })).pem)
+      const failed = await reloadEvent(from)
+      expect(failed.event, JSON.stringify(failed)).toBe("reload_failed")
+      expect(JSON.stringify(failed.problems)).toContain("its signature does not verify")
+      await settleReloads()
+    } finally {
+      await impostorPki.cleanup()
+    }
+    before = await scrape()
+    s0 = await status()
+    for (const r of await exchanges(bob, 12)) expect(r.echoed).toBe("")
+    s1 = await status()
+    for (const [i, t] of totals(s1).entries()) expect(t - totals(s0)[i]!).toBeGreaterThan(0)
+    await expectMoved(before, { [revoked]: 12 }, failures)
+    expect(s1.lastReload.result).toBe("failed")
+
+    // A CRL that revokes nobody again: bob is served by both workers.
+    from = daemon!.events().length
+    await replaceFile("crl.pem", (await pki.crl(root, { name: "none-revoked-again" })).pem)
+    expect((await reloadEvent(from)).event).toBe("reloaded")
+    await settleReloads()
+    s0 = await status()
+    expect(await exchanges(bob, 12)).toEqual(Array(12).fill(accepted))
+    s1 = await status()
+    for (const [i, t] of totals(s1).entries()) expect(t - totals(s0)[i]!).toBeGreaterThan(0)
+    expect(s1.tls[0]!.crl.lists[0]!.revoked).toBe(0)
   })
 
   it("a killed worker is replaced, with a new pid, and serves again", async () => {
