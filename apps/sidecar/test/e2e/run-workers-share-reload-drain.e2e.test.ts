@@ -5,7 +5,7 @@
  *   the listening and connection log lines carry the worker; the workers run the same artefact
  *   with the same Node options as the primary (a launcher's V8 flags reach every worker);
  * - `/metrics` is one exposition for the whole sidecar: handshake counters move by exactly the
- *   handshakes made, whichever worker served them;
+ *   handshakes made, whichever worker served them, and `promtool check metrics` passes it;
  * - SIGHUP reaches every worker: a changed `authorizedPeers` decides every new connection, on
  *   both workers;
  * - a bad reload changes nothing anywhere: a configuration error is rejected by the primary
@@ -29,7 +29,7 @@ import { join } from "node:path"
 import * as Tls from "node:tls"
 import { request } from "undici"
 import { type LogEvent, type SleeveDaemon, startSleeve } from "../support/Prometheus.ts"
-import { main, sleeve as runSleeve } from "../support/Sleeve.ts"
+import { main, run, sleeve as runSleeve } from "../support/Sleeve.ts"
 import { exchange as exchangeAs } from "../support/TlsClient.ts"
 
 let pki: TestPki.TestPki
@@ -223,6 +223,9 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
     const after = await scrape()
     expect(after.get("sleeve_ready")).toBe(1)
     expect(after.get('sleeve_config_reloads_total{result="ok"}')).toBe(0)
+    // The aggregated exposition is as clean as one process's: Prometheus's linter has nothing to say.
+    const lint = await run("promtool", ["check", "metrics"], { input: (await get("/metrics")).body, timeoutMs: 30_000 })
+    expect({ code: lint.code, printed: lint.stdout + lint.stderr }).toEqual({ code: 0, printed: "" })
   })
 
   it("SIGHUP reaches every worker: a changed authorizedPeers decides new connections on both", async () => {
