@@ -6,14 +6,23 @@
  * Reload is all-or-nothing: a new configuration with any error is rejected, the old one stays
  * in force, and the failure is counted (`sleeve_config_reloads_total{result="failed"}`), logged
  * with every problem, and shown on `/status`.
+ *
+ * With `workers: N` (N > 1) this process is the primary: everything above happens here once
+ * (validation, the admin endpoint, file watching, SIGHUP), and the listeners are served by N
+ * worker processes (`WorkerPool`, `Worker`) instead of in-process. The data path
+ * (`ProxyRuntime`) is imported only by whichever process serves connections.
  */
 import type { Certificate, TlsMaterial } from "@sleeve/core"
 import { ConfigFile, Crl } from "@sleeve/core"
 import { Metrics } from "@sleeve/metrics"
-import { EventLog, ProxyRuntime } from "@sleeve/proxy"
+import * as Activation from "@sleeve/proxy/Activation"
+import * as EventLog from "@sleeve/proxy/EventLog"
+import type * as ProxyRuntime from "@sleeve/proxy/ProxyRuntime"
 import { Effect, Result } from "effect"
+import cluster from "node:cluster"
 import * as Fs from "node:fs"
-import * as StatusServer from "./StatusServer.ts"
+import * as Workers from "./internal/Workers.ts"
+import type * as WorkerPool from "./WorkerPool.ts"
 
 /** Options of `sleeve run`. */
 export interface RunOptions {
@@ -41,7 +50,7 @@ const certSummary = (c: Certificate.Certificate) => ({
   fingerprint256: c.fingerprint256
 })
 
-const expiries = (a: ProxyRuntime.Activated): Array<Metrics.CertificateExpiry> => {
+const expiries = (a: Activation.Activated): Array<Metrics.CertificateExpiry> => {
   const out: Array<Metrics.CertificateExpiry> = []
   for (const [name, m] of a.materials) {
     const leaf = m.chain?.[0]
@@ -53,7 +62,7 @@ const expiries = (a: ProxyRuntime.Activated): Array<Metrics.CertificateExpiry> =
 
 // Revocation (issue 13 §2) -------------------------------------------------------------------
 
-const crlNextUpdates = (a: ProxyRuntime.Activated): Array<Metrics.CrlNextUpdate> =>
+const crlNextUpdates = (a: Activation.Activated): Array<Metrics.CrlNextUpdate> =>
   [...a.materials].flatMap(([name, m]) =>
     m.crls.flatMap((c) => (c.nextUpdate === undefined ? [] : [{ tlsConfig: name, nextUpdate: c.nextUpdate }]))
   )
@@ -81,7 +90,7 @@ const crlSummary = (m: TlsMaterial.Material, now: Date) =>
  * configuration is activated again (the existing reload path), so the stale CRL is reported
  * and `crlStale: warn` hands the CRLs from OpenSSL to Sleeve.
  */
-const nextCrlDeadline = (a: ProxyRuntime.Activated, now: number): number | undefined => {
+const nextCrlDeadline = (a: Activation.Activated, now: number): number | undefined => {
   let soonest: number | undefined
   for (const m of a.materials.values())
     for (const c of m.crls) {
@@ -91,25 +100,52 @@ const nextCrlDeadline = (a: ProxyRuntime.Activated, now: number): number | undef
   return soonest
 }
 
+/**
+ * What serves the listeners: the in-process proxy (`ProxyRuntime.Running`), or the pool of
+ * workers, which also answers `/status` details and `/metrics` for all of them.
+ */
+type Backend = Pick<ProxyRuntime.Running, "current" | "drain" | "status"> & {
+  readonly reload: (next: Activation.Activated, snapshot: Activation.Snapshot) => Promise<void>
+  readonly details?: WorkerPool.Pool["details"]
+  readonly metricsText?: WorkerPool.Pool["metricsText"]
+}
+
+/** Activates the configuration, recording the bytes read (the workers, if any, get exactly those). */
+const activate = (path: string) => {
+  const reader = Activation.recordingReader()
+  const result = Activation.activate(path, { now: reader.now, readFile: reader.readFile })
+  return { result, take: reader.take }
+}
+
 /** Runs every listener of the configuration until interrupted; fails on an invalid configuration. */
 export const run = (options: RunOptions): Effect.Effect<void, Error> =>
+  cluster.isWorker
+    ? Effect.flatMap(
+        Effect.promise(() => import("./Worker.ts")),
+        (Worker) => Worker.run(options)
+      )
+    : serve(options)
+
+const serve = (options: RunOptions): Effect.Effect<void, Error> =>
   Effect.scoped(
     Effect.gen(function* () {
       const log = options.log ?? EventLog.makeJson()
       const metrics = Metrics.make()
-      const first = ProxyRuntime.activate(options.configPath)
+      const activated = activate(options.configPath)
+      const first = activated.result
       if (Result.isFailure(first)) return yield* Effect.fail(first.failure)
       for (const w of first.success.warnings) log("warn", "config_warning", { problem: ConfigFile.formatProblem(w) })
       metrics.replaceCertificates(expiries(first.success))
       metrics.replaceCrls(crlNextUpdates(first.success))
       metrics.configLoaded()
+      const workers = Workers.count(first.success.config.workers)
 
       // Draining runs once, from whichever finalizer comes first: normally the one added after
       // the admin endpoint (finalizers run in reverse order), so that `/readyz` answers 503 and
       // `/metrics` stays scrapable while connections finish; the proxy's own release covers a
       // start that fails before the admin endpoint is up.
       let draining: Promise<void> | undefined
-      const drainOnce = (running: ProxyRuntime.Running): Promise<void> =>
+      const drainOnce = (running: Backend): Promise<void> =>
         (draining ??= (async () => {
           metrics.setReady(false)
           const deadlineMs = running.current().config.drainTimeoutMs
@@ -117,9 +153,21 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
           const closed = await running.drain(deadlineMs)
           log("info", "stopped", { closedAtDeadline: closed })
         })())
-      const proxy = yield* Effect.acquireRelease(
+      const proxy: Backend = yield* Effect.acquireRelease(
         Effect.tryPromise({
-          try: () => ProxyRuntime.start(first.success, { metrics, log }),
+          try: async (): Promise<Backend> => {
+            // Taken either way: the bytes read (key files included) are kept only until the
+            // workers, if any, have them.
+            const snapshot = activated.take()
+            return workers > 1
+              ? (await import("./WorkerPool.ts")).start(first.success, snapshot, {
+                  configPath: options.configPath,
+                  count: workers,
+                  metrics,
+                  log
+                })
+              : (await import("@sleeve/proxy/ProxyRuntime")).start(first.success, { metrics, log })
+          },
           catch: (cause) => new Error(`cannot listen: ${(cause as Error).message}`, { cause })
         }),
         (running) => Effect.promise(() => drainOnce(running))
@@ -141,7 +189,7 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
           return
         }
         reloading = true
-        const next = ProxyRuntime.activate(options.configPath)
+        const { result: next, take } = activate(options.configPath)
         const done = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
           metrics.configReload(result)
           Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
@@ -156,8 +204,14 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
           done("failed", problems)
           return
         }
+        if (Workers.count(next.success.config.workers) !== workers) {
+          log("warn", "workers_unchanged", {
+            workers,
+            note: "a changed workers setting takes effect at the next start; the rest of the file is reloaded"
+          })
+        }
         proxy
-          .reload(next.success)
+          .reload(next.success, take())
           .then(() => {
             metrics.replaceCertificates(expiries(next.success))
             metrics.replaceCrls(crlNextUpdates(next.success))
@@ -196,7 +250,7 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       // A CRL reaching its nextUpdate: re-activate then (setTimeout holds at most ~24.8 days, so a
       // later deadline re-arms on the way).
       let crlTimer: NodeJS.Timeout | undefined
-      const armCrlTimer = (a: ProxyRuntime.Activated) => {
+      const armCrlTimer = (a: Activation.Activated) => {
         clearTimeout(crlTimer)
         const deadline = nextCrlDeadline(a, Date.now())
         if (deadline === undefined) return
@@ -221,17 +275,24 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       const admin = first.success.config.admin
       let adminAddress: string | undefined
       if (admin !== undefined && admin.listen._tag === "Tcp") {
+        // Imported here: a worker process (which serves no admin endpoint) never loads it.
+        const StatusServer = yield* Effect.promise(() => import("./StatusServer.ts"))
         const served = yield* Effect.mapError(
           StatusServer.serve(admin.listen, {
-            metrics,
+            metrics:
+              proxy.metricsText === undefined
+                ? metrics
+                : { ...metrics, metricsText: Effect.promise(proxy.metricsText) },
             ready: () => draining === undefined && proxy.status().ready,
-            status: () => {
+            status: async () => {
               const a = proxy.current()
+              const details = await proxy.details?.()
               return {
                 ready: draining === undefined && proxy.status().ready,
                 draining: draining !== undefined,
                 configFile: a.config.file,
-                listeners: proxy.status().listeners,
+                listeners: details?.listeners ?? proxy.status().listeners,
+                ...(details === undefined ? {} : { workers: details.workers }),
                 tls: [...a.materials.values()].map((m) => ({
                   name: m.config.name,
                   type: m.config.type,
@@ -268,5 +329,5 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
 
 const maxTimerMs = 2_147_483_647
 
-const countActive = (running: ProxyRuntime.Running): number =>
+const countActive = (running: Backend): number =>
   running.status().listeners.reduce((n, l) => n + l.activeConnections, 0)

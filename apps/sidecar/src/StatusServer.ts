@@ -19,13 +19,13 @@ import { Data, Effect, type Scope } from "effect"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 
-/** What the endpoint reads; all synchronous snapshots. */
+/** What the endpoint reads: synchronous snapshots, but for `/status` (with several workers, it asks each). */
 export interface Sources {
   readonly metrics: Metrics.Recorder
   /** `/readyz`: every listener bound and the configuration valid. */
   readonly ready: () => boolean
   /** `/status` body. */
-  readonly status: () => unknown
+  readonly status: () => unknown | Promise<unknown>
 }
 
 /** The endpoint, once bound. */
@@ -56,7 +56,14 @@ export const route = (sources: Sources, path: string): Reply | Promise<Reply> | 
     case "/readyz":
       return sources.ready() ? text("ready\n") : text("not ready\n", 503)
     case "/status":
-      return { status: 200, contentType: "application/json", body: `${JSON.stringify(sources.status(), null, 2)}\n` }
+      // A promise either way (with several workers it asks each); a throw becomes a 500.
+      return Promise.resolve()
+        .then(sources.status)
+        .then((body) => ({
+          status: 200,
+          contentType: "application/json",
+          body: `${JSON.stringify(body, null, 2)}\n`
+        }))
     case "/metrics":
       return Effect.runPromise(sources.metrics.metricsText).then((body) => ({
         status: 200,

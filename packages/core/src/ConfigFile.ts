@@ -92,12 +92,13 @@ const ListenerSchema = Schema.Struct({
 
 // The top level is decoded key by key, and each TLS configuration and listener on its own, so
 // that one broken entry does not hide the problems of the others (see `decode`).
-const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning", "policy"] as const
+const topLevelKeys = ["tls", "listeners", "admin", "drainTimeout", "expiryWarning", "policy", "workers"] as const
 const TlsMapSchema = Schema.Record(Schema.String, Schema.Unknown)
 const ListenerArraySchema = Schema.Array(Schema.Unknown)
 const AdminSchema = Schema.Struct({ listen: Schema.optionalKey(Schema.NonEmptyString) })
 // plaintext guardrails (issue 13 §3)
 const PolicySchema = Schema.Struct({ requireTls: Schema.optionalKey(Schema.Boolean) })
+const WorkersSchema = Schema.Union([Schema.Int, Schema.Literal("auto")])
 
 type RawAdmin = typeof AdminSchema.Type
 type RawTlsConfig = typeof TlsConfigSchema.Type
@@ -220,7 +221,18 @@ export interface SleeveConfig {
   readonly expiryWarningMs: number
   /** Site-wide rules; `requireTls` forbids every plaintext path off the host. */
   readonly policy: { readonly requireTls: boolean }
+  /**
+   * How many single-threaded data-path processes serve the listeners: a count, or `auto` (one
+   * per CPU the process may use). 1 (the default) runs everything in one process.
+   */
+  readonly workers: Workers
 }
+
+/** The `workers` setting: a count of processes, or `auto`. */
+export type Workers = number | "auto"
+
+/** The largest `workers` count accepted. */
+export const maxWorkers = 64
 
 /** Defaults, in one place so the docs' configuration reference can quote them. */
 export const defaults = {
@@ -241,7 +253,8 @@ export const defaults = {
   expiryWarningMs: 14 * 86_400_000,
   adminListen: "127.0.0.1:9464",
   /** acceptProxyProtocol.timeout: the spec asks for at least 3 s (a TCP retransmit). */
-  proxyProtocolTimeoutMs: 5_000
+  proxyProtocolTimeoutMs: 5_000,
+  workers: 1
 } as const
 
 // ---------------------------------------------------------------------------------------------
@@ -454,9 +467,10 @@ export const decode = (text: string, file: string): Result.Result<SleeveConfig, 
   })
   const drainTimeoutMs = durationOr(rawDuration("drainTimeout"), defaults.drainTimeoutMs, "drainTimeout", error)
   const expiryWarningMs = durationOr(rawDuration("expiryWarning"), defaults.expiryWarningMs, "expiryWarning", error)
+  const workers = decodeWorkers(root.workers === undefined ? undefined : part(WorkersSchema, ["workers"]), error)
 
   if (problems.length > 0) return Result.fail(new ConfigError({ file: shown, problems }))
-  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs, policy })
+  return Result.succeed({ file: absFile, tls, listeners, admin, drainTimeoutMs, expiryWarningMs, policy, workers })
 }
 
 /**
@@ -846,6 +860,15 @@ const decodeAdmin = (raw: RawAdmin, error: (path: string, rule: string) => void)
     return undefined
   }
   return { listen: r.success }
+}
+
+const decodeWorkers = (raw: Workers | undefined, error: (path: string, rule: string) => void): Workers => {
+  if (raw === undefined) return defaults.workers
+  if (raw !== "auto" && (raw < 1 || raw > maxWorkers)) {
+    error("workers", `expected 1 to ${maxWorkers} or "auto", got ${raw}`)
+    return defaults.workers
+  }
+  return raw
 }
 
 /** Listeners that use a TLS configuration (used to report which listeners a broken configuration affects). */

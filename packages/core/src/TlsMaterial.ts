@@ -61,7 +61,18 @@ export interface LoadOptions {
   readonly prompt?: Prompter
   /** A password given at open time (IRIS `/TLS="cfg|password"`): interactive use only; wins over the source. */
   readonly password?: Redacted.Redacted<string>
+  /**
+   * Reads a file as UTF-8 text, throwing a Node error (with `code`) as `fs.readFileSync` does;
+   * `fs.readFileSync` by default. `sleeve run` with several workers records what the primary
+   * read and replays it in every worker, so all of them activate exactly the same bytes.
+   */
+  readonly readFile?: FileReader
 }
+
+/** How {@link load} reads a file (see `LoadOptions.readFile`). */
+export type FileReader = (path: string) => string
+
+const readFileSync: FileReader = (path) => Fs.readFileSync(path, "utf8")
 
 /** One problem found while activating: same shape as {@link ConfigFile.Problem}. */
 export type Problem = ConfigFile.Problem
@@ -72,9 +83,9 @@ export interface Loaded {
   readonly problems: ReadonlyArray<Problem>
 }
 
-const readText = (path: string): Result.Result<string, string> => {
+const readText = (path: string, readFile: FileReader = readFileSync): Result.Result<string, string> => {
   try {
-    return Result.succeed(Fs.readFileSync(path, "utf8"))
+    return Result.succeed(readFile(path))
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code
     return Result.fail(
@@ -93,7 +104,7 @@ const readText = (path: string): Result.Result<string, string> => {
 export const resolvePassword = (
   source: ConfigFile.PasswordSource,
   configName: string,
-  options: Pick<LoadOptions, "env" | "prompt">
+  options: Pick<LoadOptions, "env" | "prompt" | "readFile">
 ): Result.Result<Redacted.Redacted<string>, string> => {
   switch (source._tag) {
     case "Env": {
@@ -103,7 +114,7 @@ export const resolvePassword = (
         : Result.succeed(Redacted.make(v))
     }
     case "File": {
-      const r = readText(source.path)
+      const r = readText(source.path, options.readFile)
       if (Result.isFailure(r)) return Result.fail(`password ${r.failure}`)
       // A trailing newline is how editors and `echo` write files; it is never part of the password.
       return Result.succeed(Redacted.make(r.success.replace(/\r?\n$/, "")))
@@ -207,7 +218,7 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
   let caPem: string | undefined
   if (config.caFile !== undefined) {
     files.push(config.caFile)
-    const text = readText(config.caFile)
+    const text = readText(config.caFile, options.readFile)
     if (Result.isFailure(text)) error("caFile", text.failure)
     else {
       const certs = Certificate.parsePem(text.success, config.caFile)
@@ -226,7 +237,7 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
   let chain: ReadonlyArray<Certificate.Certificate> | undefined
   if (config.certificateFile !== undefined) {
     files.push(config.certificateFile)
-    const text = readText(config.certificateFile)
+    const text = readText(config.certificateFile, options.readFile)
     if (Result.isFailure(text)) error("certificateFile", text.failure)
     else {
       const certs = Certificate.parsePem(text.success, config.certificateFile)
@@ -264,7 +275,7 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
   let keyPem: Redacted.Redacted<string> | undefined
   if (config.privateKeyFile !== undefined) {
     files.push(config.privateKeyFile)
-    const text = readText(config.privateKeyFile)
+    const text = readText(config.privateKeyFile, options.readFile)
     let password: Redacted.Redacted<string> | undefined = options.password
     if (password === undefined && config.privateKeyPassword !== undefined) {
       if (config.privateKeyPassword._tag === "File") files.push(config.privateKeyPassword.path)
@@ -306,7 +317,7 @@ export const load = (config: ConfigFile.TlsConfig, options: LoadOptions): Loaded
   let revocation: Material["revocation"] = "none"
   if (config.crlFile !== undefined) {
     files.push(config.crlFile)
-    const text = readText(config.crlFile)
+    const text = readText(config.crlFile, options.readFile)
     if (Result.isFailure(text)) error("crlFile", text.failure)
     else {
       const parsed = Crl.parsePem(text.success, config.crlFile)

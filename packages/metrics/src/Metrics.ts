@@ -721,6 +721,94 @@ export const makeNoop = (): Recorder => {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Several workers (`workers: N`): the primary's own series and the aggregated exposition
+// ---------------------------------------------------------------------------------------------
+
+/** The names of the series only a primary supervising several workers registers (docs/metrics.md). */
+export const WorkerMetricName = {
+  workersActive: "sleeve_workers_active",
+  workerRestartsTotal: "sleeve_worker_restarts_total"
+} as const
+
+/** The supervising process's series when `sleeve run` runs several worker processes. */
+export interface WorkerRecorder {
+  /** Sets `sleeve_workers_active`: worker processes running and serving now. */
+  readonly setActive: (n: number) => void
+  /** Counts one worker restarted after it exited unexpectedly. */
+  readonly restarted: () => void
+}
+
+/**
+ * Registers `sleeve_workers_active` and `sleeve_worker_restarts_total` on the primary's
+ * registry (only a process that supervises workers has them).
+ */
+export const makeWorkerRecorder = (recorder: Recorder): WorkerRecorder => {
+  const registers = [recorder.registry]
+  const active = new Prom.Gauge({
+    name: WorkerMetricName.workersActive,
+    help: "Worker processes running and serving (workers > 1 only).",
+    registers
+  })
+  const restarts = new Prom.Counter({
+    name: WorkerMetricName.workerRestartsTotal,
+    help: "Worker processes restarted after exiting unexpectedly (workers > 1 only).",
+    registers
+  })
+  restarts.inc(0)
+  return {
+    setActive: (n) => {
+      if (!Number.isSafeInteger(n) || n < 0) throw failure("worker count", n)
+      active.set(n)
+    },
+    restarted: () => restarts.inc()
+  }
+}
+
+/**
+ * Series that describe the whole sidecar rather than one data path: with several workers they
+ * come from the primary only (it loads and reloads the configuration and answers `/readyz`).
+ */
+export const primaryOwned: ReadonlySet<string> = new Set<string>([
+  MetricName.certificateNotAfterTimestampSeconds,
+  MetricName.crlNextUpdateTimestampSeconds,
+  MetricName.configReloadsTotal,
+  MetricName.configLastReloadSuccessTimestampSeconds,
+  MetricName.configLastReloadSuccessful,
+  MetricName.ready,
+  WorkerMetricName.workersActive,
+  WorkerMetricName.workerRestartsTotal,
+  "process_start_time_seconds"
+])
+
+// How series that are not sums combine across processes (the rest are summed, or use the
+// aggregator prom-client gave its default metric, e.g. `average` for event-loop lag).
+const aggregatorOverrides: Readonly<Record<string, Prom.Aggregator>> = {
+  [MetricName.peerCertificateNotAfterMinTimestampSeconds]: "min"
+}
+
+/** One registry's metrics, as `Registry.getMetricsAsJSON()` returns them (sent over IPC). */
+export type MetricsJson = ReadonlyArray<Prom.MetricObjectWithValues<Prom.MetricValue<string>>>
+
+/**
+ * One exposition for the whole sidecar: the primary's own registry plus every worker's metrics
+ * (as JSON), combined with prom-client's `AggregatorRegistry.aggregate`: counters, histograms and
+ * gauges such as `sleeve_connections_active` are summed (so are process metrics: resident
+ * memory and CPU seconds are totals over all processes), the peer-certificate minimum is the
+ * minimum, and the series of {@link primaryOwned} are the primary's.
+ */
+export const aggregateText = async (primary: Prom.Registry, workers: ReadonlyArray<MetricsJson>): Promise<string> => {
+  const adjust = (metrics: MetricsJson, fromPrimary: boolean) =>
+    metrics
+      .filter((m) => fromPrimary || !primaryOwned.has(m.name))
+      .map((m) => {
+        const aggregator = m.name === "process_start_time_seconds" ? "first" : aggregatorOverrides[m.name]
+        return aggregator === undefined ? m : { ...m, aggregator }
+      })
+  const own = adjust(await primary.getMetricsAsJSON(), true)
+  return Prom.AggregatorRegistry.aggregate([own, ...workers.map((w) => adjust(w, false))]).metrics()
+}
+
+// ---------------------------------------------------------------------------------------------
 // TLS error classification
 // ---------------------------------------------------------------------------------------------
 

@@ -13,99 +13,14 @@
  * `Proxy` is an Effect service (`layer`) for the sidecar and for Effect users; `start` gives the
  * same runtime as a Promise API for everyone else.
  */
-import { ConfigFile, TlsMaterial } from "@sleeve/core"
+import { ConfigFile } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
-import { Context, Data, Effect, Layer, Result } from "effect"
-import * as Fs from "node:fs"
+import { Context, Data, Effect, Layer } from "effect"
+import type { Activated } from "./Activation.ts"
 import type { EventSink } from "./EventLog.ts"
 import * as Listener from "./Listener.ts"
 
-/** A configuration that could not be activated; `problems` lists every error (and warning) found. */
-export class ActivationError extends Data.TaggedError("ActivationError")<{
-  readonly file: string
-  readonly problems: ReadonlyArray<ConfigFile.Problem>
-}> {
-  override get message(): string {
-    return this.problems
-      .filter((p) => p.severity === "error")
-      .map(ConfigFile.formatProblem)
-      .join("\n")
-  }
-}
-
-/** A decoded configuration with the material of every TLS configuration its listeners use. */
-export interface Activated {
-  readonly config: ConfigFile.SleeveConfig
-  readonly materials: ReadonlyMap<string, TlsMaterial.Material>
-  /** Warnings found while activating (errors make activation fail). */
-  readonly warnings: ReadonlyArray<ConfigFile.Problem>
-  /** Every file read: the configuration file and all certificate, key, CA, CRL and password files. */
-  readonly files: ReadonlyArray<string>
-}
-
-/** Options of {@link activate}. */
-export interface ActivateOptions {
-  readonly now?: Date
-  readonly env?: Readonly<Record<string, string | undefined>>
-  readonly prompt?: TlsMaterial.Prompter
-}
-
-/**
- * Reads, decodes and loads a configuration file: everything is checked before any socket opens.
- * Only TLS configurations used by a listener are loaded (an unused broken one is not an error
- * here; `sleeve check` reports it).
- */
-export const activate = (path: string, options: ActivateOptions = {}): Result.Result<Activated, ActivationError> => {
-  let text: string
-  try {
-    text = Fs.readFileSync(path, "utf8")
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code
-    return Result.fail(
-      new ActivationError({
-        file: path,
-        problems: [
-          {
-            file: path,
-            path: "",
-            rule: code === "ENOENT" ? "configuration file not found" : `cannot read: ${(e as Error).message}`,
-            severity: "error"
-          }
-        ]
-      })
-    )
-  }
-  const decoded = ConfigFile.decode(text, path)
-  if (Result.isFailure(decoded)) {
-    return Result.fail(new ActivationError({ file: path, problems: decoded.failure.problems }))
-  }
-  const config = decoded.success
-  const problems: Array<ConfigFile.Problem> = []
-  const materials = new Map<string, TlsMaterial.Material>()
-  const files = new Set<string>([config.file])
-  const used = new Set(config.listeners.map((l) => l.tls))
-  for (const name of used) {
-    const tls = config.tls.get(name)!
-    const loaded = TlsMaterial.load(tls, {
-      file: path,
-      now: options.now ?? new Date(),
-      expiryWarningMs: config.expiryWarningMs,
-      ...(options.env === undefined ? {} : { env: options.env }),
-      ...(options.prompt === undefined ? {} : { prompt: options.prompt })
-    })
-    problems.push(...loaded.problems)
-    for (const f of [tls.caFile, tls.certificateFile, tls.privateKeyFile, tls.crlFile])
-      if (f !== undefined) files.add(f)
-    if (loaded.material !== undefined) {
-      materials.set(name, loaded.material)
-      for (const f of loaded.material.files) files.add(f)
-    }
-  }
-  if (problems.some((p) => p.severity === "error")) {
-    return Result.fail(new ActivationError({ file: path, problems }))
-  }
-  return Result.succeed({ config, materials, warnings: problems, files: [...files] })
-}
+export { type ActivateOptions, type Activated, ActivationError, activate } from "./Activation.ts"
 
 /** A listener could not bind its address (in use, permission, bad interface). */
 export class ListenError extends Data.TaggedError("ListenError")<{

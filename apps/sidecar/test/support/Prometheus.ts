@@ -4,8 +4,9 @@
  * escalates to SIGKILL, so no test leaves a process behind):
  *
  * - `startDaemon`: any such process with the cleaned environment of `Sleeve.childEnv`.
- * - `startSleeve`: `sleeve run --config FILE` from source with the repo's Node, its JSON log
- *   lines parsed, resolved once the `ready` line (listener addresses, admin URL) is out.
+ * - `startSleeve`: `sleeve run --config FILE` (the artefact, see `Sleeve.main`) with the repo's
+ *   Node, its JSON log lines parsed, resolved once the `ready` line (listener addresses, admin
+ *   URL) is out.
  * - `startPrometheus`: Debian's real `/usr/bin/prometheus` on a free loopback port, with its own
  *   temporary TSDB, scraping the given targets every second and loading rule files; its HTTP
  *   API (`/api/v1/query`, `/rules`, `/targets`, `/alerts`) is read with undici. When the binary
@@ -94,9 +95,11 @@ export const startSleeve = async (
     readonly timeoutMs?: number
     /** Run under `ulimit -n <n>` (through bash), for file-descriptor exhaustion tests. */
     readonly maxOpenFiles?: number
+    /** Node options before the script (`node <nodeArgs> main.js run …`), as a launcher's shebang gives them. */
+    readonly nodeArgs?: ReadonlyArray<string>
   }
 ): Promise<SleeveDaemon> => {
-  const args = [main, "run", "--config", config]
+  const args = [...(options.nodeArgs ?? []), main, "run", "--config", config]
   const daemon =
     options.maxOpenFiles === undefined
       ? startDaemon(node, args, options)
