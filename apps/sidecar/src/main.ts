@@ -5,8 +5,9 @@
  * Imports name the platform modules used rather than the `@effect/platform-node` index, which
  * loads every Node integration (HTTP, cluster, sockets…) and doubles start-up time; and the
  * services are those of `NodeServices.layer` except the child-process spawner, which effect/cli
- * requires in its environment but never calls, and Sleeve never spawns a process: it is
- * replaced by one that refuses, so `node:child_process` is never loaded.
+ * requires in its environment but never calls: it is replaced by one that refuses, so the
+ * command line does not load effect's spawner (Node itself loads `node:child_process` with
+ * `node:cluster` once a server listens; `workers: N` forks through `node:cluster`, not this).
  */
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import * as NodePath from "@effect/platform-node/NodePath"
