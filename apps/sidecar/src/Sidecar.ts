@@ -120,7 +120,11 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
       const proxy = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: () => ProxyRuntime.start(first.success, { metrics, log }),
-          catch: (cause) => new Error(`cannot listen: ${(cause as Error).message}`, { cause })
+          // A bind failure names the file, the listener's `listen` field, the address and the rule.
+          catch: (cause) =>
+            cause instanceof ProxyRuntime.ListenError
+              ? cause
+              : new Error(`cannot listen: ${(cause as Error).message}`, { cause })
         }),
         (running) => Effect.promise(() => drainOnce(running))
       )
@@ -167,8 +171,14 @@ export const run = (options: RunOptions): Effect.Effect<void, Error> =>
             done("ok", [])
           })
           .catch((e: unknown) => {
-            log("error", "reload_failed", { trigger, problems: [String(e)] })
-            done("failed", [String(e)])
+            // e.g. a new listener's address in use: nothing changed, the old listeners serve on.
+            const problem = e instanceof Error ? e.message : String(e)
+            log("error", "reload_failed", {
+              trigger,
+              problems: [problem],
+              note: "the previous configuration stays active"
+            })
+            done("failed", [problem])
           })
       }
 

@@ -17,6 +17,7 @@ import { ConfigFile, TlsMaterial } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
 import { Context, Data, Effect, Layer, Result } from "effect"
 import * as Fs from "node:fs"
+import * as Descriptors from "./Descriptors.ts"
 import type { EventSink } from "./EventLog.ts"
 import * as Listener from "./Listener.ts"
 
@@ -107,11 +108,69 @@ export const activate = (path: string, options: ActivateOptions = {}): Result.Re
   return Result.succeed({ config, materials, warnings: problems, files: [...files] })
 }
 
-/** A listener could not bind its address (in use, permission, bad interface). */
+/**
+ * A listener could not bind its address (in use, permission, not on this host): names the
+ * configuration file, the listener's `listen` field in it, the address and the rule.
+ */
 export class ListenError extends Data.TaggedError("ListenError")<{
-  readonly message: string
+  readonly file: string
+  /** The field in the file, e.g. `listeners[1].listen`. */
+  readonly path: string
+  readonly address: string
+  /** Node's error code (`EADDRINUSE`, `EACCES`, ...), when there is one. */
+  readonly code: string | undefined
+  readonly rule: string
   readonly cause: unknown
-}> {}
+}> {
+  override get message(): string {
+    return ConfigFile.formatProblem({ file: this.file, path: this.path, rule: this.rule, severity: "error" })
+  }
+}
+
+/** The rule a bind failure broke, with what to do about it. */
+const listenRule = (address: string, cause: unknown): { code: string | undefined; rule: string } => {
+  const code = (cause as { readonly code?: unknown } | null)?.code
+  const c = typeof code === "string" ? code : undefined
+  const what =
+    c === "EADDRINUSE"
+      ? "the address is already in use (EADDRINUSE): another process or listener holds it; stop it or choose another address"
+      : c === "EACCES"
+        ? "permission denied (EACCES): a port below 1024 needs CAP_NET_BIND_SERVICE (or root), a Unix socket a writable directory"
+        : c === "EADDRNOTAVAIL"
+          ? "the address is not one of this host's (EADDRNOTAVAIL)"
+          : cause instanceof Error
+            ? cause.message
+            : String(cause)
+  return { code: c, rule: `cannot listen on ${address}: ${what}` }
+}
+
+/** Binds every listener of `ls`, held; on the first failure closes those bound and throws a `ListenError`. */
+const bindAll = async (
+  config: ConfigFile.SleeveConfig,
+  ls: ReadonlyArray<ConfigFile.Listener>,
+  materials: ReadonlyMap<string, TlsMaterial.Material>,
+  deps: Listener.Dependencies
+): Promise<Array<Listener.RunningListener>> => {
+  const bound: Array<Listener.RunningListener> = []
+  for (const l of ls) {
+    try {
+      bound.push(
+        await Listener.RunningListener.start({ listener: l, material: materials.get(l.tls)! }, deps, { held: true })
+      )
+    } catch (cause) {
+      await Promise.all(bound.map((b) => b.drain(0)))
+      const address = ConfigFile.formatAddress(l.listen)
+      throw new ListenError({
+        file: config.file,
+        path: `listeners[${config.listeners.indexOf(l)}].listen`,
+        address,
+        ...listenRule(address, cause),
+        cause
+      })
+    }
+  }
+  return bound
+}
 
 /** A snapshot of the proxy for `/status` and `/readyz`. */
 export interface Status {
@@ -134,23 +193,33 @@ export interface Running {
 
 const listenKey = (l: ConfigFile.Listener): string => `${l.mode}|${ConfigFile.formatAddress(l.listen)}`
 
-/** Starts every listener of an activated configuration. If one cannot bind, those started are closed. */
-export const start = async (
-  activated: Activated,
-  deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
-): Promise<Running> => {
+/** What `start` needs from its surroundings. */
+export interface StartDependencies {
+  readonly metrics: Metrics.Recorder
+  readonly log: EventSink
+  /**
+   * The descriptor budget (`Descriptors`): by default this process's (Linux), `null` for none.
+   */
+  readonly descriptors?: Descriptors.Budget | null
+  /** Timing of the once-per-burst log lines. */
+  readonly burst?: Listener.Dependencies["burst"]
+}
+
+/**
+ * Starts every listener of an activated configuration. Every listener is bound before any
+ * serves: if one cannot bind, those bound are closed, no connection was served, and the
+ * `ListenError` names the file, the listener's `listen` field, the address and the rule.
+ */
+export const start = async (activated: Activated, startDeps: StartDependencies): Promise<Running> => {
+  const { descriptors, ...rest } = startDeps
+  const budget = descriptors === null ? undefined : (descriptors ?? Descriptors.makeBudget())
+  const deps: Listener.Dependencies = { ...rest, descriptors: budget }
   let current = activated
   const listeners = new Map<string, Listener.RunningListener>()
-  const startOne = async (l: ConfigFile.Listener, a: Activated) => {
-    const r = await Listener.RunningListener.start({ listener: l, material: a.materials.get(l.tls)! }, deps)
-    listeners.set(l.name, r)
+  for (const l of await bindAll(activated.config, activated.config.listeners, activated.materials, deps)) {
+    listeners.set(l.name, l)
   }
-  try {
-    for (const l of activated.config.listeners) await startOne(l, activated)
-  } catch (e) {
-    await Promise.all([...listeners.values()].map((l) => l.drain(0)))
-    throw e
-  }
+  for (const l of listeners.values()) l.open()
   return {
     current: () => current,
     reload: async (next) => {
@@ -164,18 +233,12 @@ export const start = async (
       // New listeners start first: if one cannot bind, those started here are closed and the
       // reload fails with nothing changed (a new listener cannot take over the address of one
       // it replaces in the same reload; do that in two steps).
-      const started: Array<Listener.RunningListener> = []
-      try {
-        for (const l of next.config.listeners) {
-          if (listeners.has(l.name) && !replacedNames.has(l.name)) continue
-          started.push(
-            await Listener.RunningListener.start({ listener: l, material: next.materials.get(l.tls)! }, deps)
-          )
-        }
-      } catch (e) {
-        await Promise.all(started.map((l) => l.drain(0)))
-        throw e
-      }
+      const started = await bindAll(
+        next.config,
+        next.config.listeners.filter((l) => !listeners.has(l.name) || replacedNames.has(l.name)),
+        next.materials,
+        deps
+      )
       for (const [name, running] of replaced) {
         listeners.delete(name)
         void running.drain(next.config.drainTimeoutMs)
@@ -184,7 +247,10 @@ export const start = async (
         const running = listeners.get(l.name)
         if (running !== undefined) running.update({ listener: l, material: next.materials.get(l.tls)! })
       }
-      for (const l of started) listeners.set(l.name, l)
+      for (const l of started) {
+        listeners.set(l.name, l)
+        l.open()
+      }
       current = next
     },
     drain: async (deadlineMs) => {
@@ -205,15 +271,22 @@ export class ProxyRuntime extends Context.Service<ProxyRuntime, Running>()("@sle
    * Starts the proxy for an activated configuration; on scope close it drains for the
    * configuration's `drainTimeout`.
    */
-  static readonly layer = (
-    activated: Activated,
-    deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
-  ): Layer.Layer<ProxyRuntime, ListenError> =>
+  static readonly layer = (activated: Activated, deps: StartDependencies): Layer.Layer<ProxyRuntime, ListenError> =>
     Layer.effect(ProxyRuntime)(
       Effect.acquireRelease(
         Effect.tryPromise({
           try: () => start(activated, deps),
-          catch: (cause) => new ListenError({ message: `cannot listen: ${(cause as Error).message}`, cause })
+          catch: (cause) =>
+            cause instanceof ListenError
+              ? cause
+              : new ListenError({
+                  file: activated.config.file,
+                  path: "listeners",
+                  address: "",
+                  code: undefined,
+                  rule: `cannot listen: ${cause instanceof Error ? cause.message : String(cause)}`,
+                  cause
+                })
         }),
         (running) =>
           Effect.promise(async () => {
