@@ -168,7 +168,11 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
                 })
               : (await import("@sleeve/proxy/ProxyRuntime")).start(first.success, { metrics, log })
           },
-          catch: (cause) => new Error(`cannot listen: ${(cause as Error).message}`, { cause })
+          // A bind failure names the file, the listener's `listen` field, the address and the rule.
+          catch: (cause) =>
+            (cause as { readonly _tag?: unknown } | null)?._tag === "ListenError"
+              ? (cause as ProxyRuntime.ListenError)
+              : new Error(`cannot listen: ${(cause as Error).message}`, { cause })
         }),
         (running) => Effect.promise(() => drainOnce(running))
       )
@@ -221,8 +225,14 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
             done("ok", [])
           })
           .catch((e: unknown) => {
-            log("error", "reload_failed", { trigger, problems: [String(e)] })
-            done("failed", [String(e)])
+            // e.g. a new listener's address in use: nothing changed, the old listeners serve on.
+            const problem = e instanceof Error ? e.message : String(e)
+            log("error", "reload_failed", {
+              trigger,
+              problems: [problem],
+              note: "the previous configuration stays active"
+            })
+            done("failed", [problem])
           })
       }
 

@@ -34,6 +34,7 @@ import * as Metrics from "@sleeve/metrics/Metrics"
 import type { Activated, Snapshot } from "@sleeve/proxy/Activation"
 import type { EventSink } from "@sleeve/proxy/EventLog"
 import type * as Listener from "@sleeve/proxy/Listener"
+import { listenError } from "@sleeve/proxy/ListenError"
 import type * as ProxyRuntime from "@sleeve/proxy/ProxyRuntime"
 import { ConfigFile } from "@sleeve/core"
 import cluster, { type Worker } from "node:cluster"
@@ -138,7 +139,7 @@ const probeNewAddresses = async (current: Activated, next: Activated): Promise<v
     const { host, port } = l.listen
     await new Promise<void>((resolve, reject) => {
       const probe = Net.createServer()
-      probe.once("error", (e) => reject(new Error(`listener ${l.name}: ${e.message}`, { cause: e })))
+      probe.once("error", (e) => reject(listenError(next.config, l, e)))
       probe.listen({ host, port, ipv6Only: false, exclusive: true }, () => probe.close(() => resolve()))
     })
   }

@@ -54,7 +54,8 @@ export const MetricName = {
   // revocation (issue 13 §2)
   crlNextUpdateTimestampSeconds: "sleeve_tls_crl_next_update_timestamp_seconds",
   proxyProtocolHeadersTotal: "sleeve_proxy_protocol_headers_total",
-  proxyProtocolRefusedTotal: "sleeve_proxy_protocol_refused_total"
+  proxyProtocolRefusedTotal: "sleeve_proxy_protocol_refused_total",
+  acceptErrorsTotal: "sleeve_accept_errors_total"
 } as const
 
 /** One of the `sleeve_*` metric names. */
@@ -128,6 +129,8 @@ export const refusedReasons = [
   "cleartext_limit",
   "starttls_required",
   "proxy_protocol",
+  // The process had no file descriptor left to connect to the target (EMFILE/ENFILE).
+  "fd_limit",
   "other"
 ] as const
 /** `reason` label value of a refused connection. */
@@ -164,6 +167,23 @@ export type ProxyProtocolVersion = (typeof proxyProtocolVersions)[number]
 export const proxyProtocolRefusedReasons = ["untrusted_source", "malformed", "timeout", "closed"] as const
 /** `reason` label value of a refused PROXY protocol header. */
 export type ProxyProtocolRefusedReason = (typeof proxyProtocolRefusedReasons)[number]
+
+/**
+ * `reason` of `sleeve_accept_errors_total`: `fd_limit` (Sleeve closed a connection it had just
+ * accepted because the process is within its descriptor reserve of its open-file limit), or the
+ * error `accept()` reported (`emfile`, `enfile`, `enobufs`, `enomem`; anything else is `other`).
+ */
+export const acceptErrorReasons = ["fd_limit", "emfile", "enfile", "enobufs", "enomem", "other"] as const
+/** `reason` label value of an accept error. */
+export type AcceptErrorReason = (typeof acceptErrorReasons)[number]
+
+/** The `sleeve_accept_errors_total` reason of an `accept()` error code (`EMFILE` → `emfile`). */
+export const acceptErrorReason = (code: unknown): AcceptErrorReason => {
+  const lower = typeof code === "string" ? code.toLowerCase() : ""
+  return lower !== "fd_limit" && (acceptErrorReasons as ReadonlyArray<string>).includes(lower)
+    ? (lower as AcceptErrorReason)
+    : "other"
+}
 
 /** `kind` of `sleeve_certificate_not_after_timestamp_seconds`. */
 export const certificateKinds = ["own", "ca"] as const
@@ -286,6 +306,11 @@ export interface Recorder {
    * `connections_refused_total` with reason `proxy_protocol`).
    */
   readonly proxyProtocolRefused: (listener: string, reason: ProxyProtocolRefusedReason) => void
+  /**
+   * Counts one connection lost at accept: refused by Sleeve's descriptor reserve (`fd_limit`), or
+   * an error `accept()` reported. Such a connection is not in `connections_total`.
+   */
+  readonly acceptError: (listener: string, reason: AcceptErrorReason) => void
 }
 
 /** The nextUpdate of one CRL of a named TLS configuration. */
@@ -346,6 +371,7 @@ const checkReload = checker("reload result", reloadResults)
 const checkPpDirection = checker("PROXY protocol direction", proxyProtocolDirections)
 const checkPpVersion = checker("PROXY protocol version", proxyProtocolVersions)
 const checkPpRefused = checker("PROXY protocol refused reason", proxyProtocolRefusedReasons)
+const checkAcceptError = checker("accept error reason", acceptErrorReasons)
 
 const checkName = (what: string, value: string): string => {
   if (typeof value !== "string" || value.length === 0) throw failure(what, value)
@@ -505,6 +531,13 @@ export const make = (options: MakeOptions = {}): Recorder => {
     registers
   })
 
+  const acceptErrors = new Prom.Counter({
+    name: MetricName.acceptErrorsTotal,
+    help: "Connections lost at accept: refused for the descriptor reserve (fd_limit) or failed in accept(), by reason.",
+    labelNames: ["listener", "reason"] as const,
+    registers
+  })
+
   // The histogram has no "create if absent": `zero` resets a series, so remember which exist.
   const durationSeries = new Set<string>()
   // The byte counter children are cached: `bytes` runs once per chunk on the data path.
@@ -551,6 +584,7 @@ export const make = (options: MakeOptions = {}): Recorder => {
       active.inc({ listener }, 0)
       connections.inc({ listener }, 0)
       for (const reason of refusedReasons) refused.inc({ listener, reason }, 0)
+      for (const reason of acceptErrorReasons) acceptErrors.inc({ listener, reason }, 0)
       for (const direction of directions) bytesTotal.inc({ listener, direction }, 0)
       if (protocol !== undefined) {
         for (const result of starttlsResults) upgrades.inc({ listener, protocol, result }, 0)
@@ -685,6 +719,10 @@ export const make = (options: MakeOptions = {}): Recorder => {
     proxyProtocolRefused: (listener, reason) => {
       checkName("listener name", listener)
       ppRefused.inc({ listener, reason: checkPpRefused(reason) })
+    },
+    acceptError: (listener, reason) => {
+      checkName("listener name", listener)
+      acceptErrors.inc({ listener, reason: checkAcceptError(reason) })
     }
   }
 }
@@ -716,7 +754,8 @@ export const makeNoop = (): Recorder => {
     setReady: nothing,
     replaceCrls: nothing,
     proxyProtocolHeader: nothing,
-    proxyProtocolRefused: nothing
+    proxyProtocolRefused: nothing,
+    acceptError: nothing
   }
 }
 

@@ -97,7 +97,8 @@ describe("Metrics.layer", () => {
           sleeve_ready: "gauge",
           sleeve_tls_crl_next_update_timestamp_seconds: "gauge",
           sleeve_proxy_protocol_headers_total: "counter",
-          sleeve_proxy_protocol_refused_total: "counter"
+          sleeve_proxy_protocol_refused_total: "counter",
+          sleeve_accept_errors_total: "counter"
         }
         for (const [name, type] of Object.entries(expected)) assert.strictEqual(types.get(name), type, name)
         assert.deepStrictEqual(
@@ -153,13 +154,14 @@ describe("Metrics.layer", () => {
         zero(N.connectionsActive, { listener: "pg" })
         zero(N.connectionsTotal, { listener: "pg" })
         for (const reason of Metrics.refusedReasons) zero(N.connectionsRefusedTotal, { listener: "pg", reason })
+        for (const reason of Metrics.acceptErrorReasons) zero(N.acceptErrorsTotal, { listener: "pg", reason })
         for (const direction of Metrics.directions) zero(N.bytesTotal, { listener: "pg", direction })
         for (const result of Metrics.starttlsResults) {
           zero(N.starttlsUpgradesTotal, { listener: "pg", protocol: "postgres", result })
         }
         zero(N.starttlsDiscardedBytesTotal, { listener: "pg", protocol: "postgres" })
         assert.deepStrictEqual(created, expected)
-        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 8 + 2 + 3 + 1)
+        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 9 + 6 + 2 + 3 + 1)
 
         // Registering again (a reload) keeps the values recorded so far.
         m.handshake("pg", "server", "ok", 0.02)
@@ -312,6 +314,27 @@ describe("Metrics.layer", () => {
           const refused = yield* changesOf(m, () => m.connectionRefused("pg", reason))
           assert.deepStrictEqual(refused, { [key(N.connectionsRefusedTotal, { listener: "pg", reason })]: 1 })
         }
+      })
+    )
+  )
+
+  it.effect("accept errors: counted by bounded reason, not as connections; errno codes map to reasons", () =>
+    withMetrics((m) =>
+      Effect.gen(function* () {
+        for (const reason of Metrics.acceptErrorReasons) {
+          const changes = yield* changesOf(m, () => m.acceptError("pg", reason))
+          assert.deepStrictEqual(changes, { [key(N.acceptErrorsTotal, { listener: "pg", reason })]: 1 })
+        }
+        assert.throws(() => m.acceptError("pg", "EMFILE" as never), TypeError)
+        assert.throws(() => m.acceptError("", "emfile"), TypeError)
+        assert.strictEqual(Metrics.acceptErrorReason("EMFILE"), "emfile")
+        assert.strictEqual(Metrics.acceptErrorReason("ENFILE"), "enfile")
+        assert.strictEqual(Metrics.acceptErrorReason("ENOBUFS"), "enobufs")
+        assert.strictEqual(Metrics.acceptErrorReason("ENOMEM"), "enomem")
+        assert.strictEqual(Metrics.acceptErrorReason("EPROTO"), "other")
+        // Only Sleeve's own reserve check is fd_limit, never an error code that spells it.
+        assert.strictEqual(Metrics.acceptErrorReason("FD_LIMIT"), "other")
+        assert.strictEqual(Metrics.acceptErrorReason(undefined), "other")
       })
     )
   )
@@ -580,6 +603,7 @@ describe("Metrics.layerNoop", () => {
       m.configReload("ok")
       m.setReady(true)
       m.replaceCrls([{ tlsConfig: "pg", nextUpdate: new Date() }])
+      m.acceptError("pg", "fd_limit")
       assert.strictEqual(yield* m.metricsText, "")
       assert.deepStrictEqual(m.registry.getMetricsAsArray(), [])
       assert.strictEqual((yield* Effect.promise(() => m.registry.metrics())).trim(), "")

@@ -34,7 +34,8 @@ const alertNames = [
   "SleeveNotReady",
   "SleeveConfigReloadFailing",
   "SleeveCrlStale",
-  "SleeveProxyProtocolRefusals"
+  "SleeveProxyProtocolRefusals",
+  "SleeveResourceExhaustion"
 ]
 
 /** `sleeve_*` names used in a file, with histogram/summary suffixes removed. */

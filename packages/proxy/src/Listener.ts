@@ -18,11 +18,13 @@
  * lifecycle is wrapped in Effect by `Proxy`.
  */
 import { ConfigFile, type TlsMaterial } from "@sleeve/core"
-import type { Metrics } from "@sleeve/metrics"
+import { Metrics } from "@sleeve/metrics"
 import { Result } from "effect"
 import * as Net from "node:net"
 import type * as Tls from "node:tls"
+import * as Descriptors from "./Descriptors.ts"
 import type { EventSink } from "./EventLog.ts"
+import * as LogBurst from "./LogBurst.ts"
 import * as Pipe from "./Pipe.ts"
 import type * as ProxyProtocol from "./ProxyProtocol.ts"
 import * as ProxyProtocolSession from "./ProxyProtocolSession.ts"
@@ -40,6 +42,25 @@ export interface Activation {
 export interface Dependencies {
   readonly metrics: Metrics.Recorder
   readonly log: EventSink
+  /** The process's descriptor budget; without one, no connection is refused for it. */
+  readonly descriptors?: Descriptors.Budget | undefined
+  /** Timing of the once-per-burst log lines (tests shorten it). */
+  readonly burst?: { readonly quietMs?: number; readonly reportEveryMs?: number } | undefined
+}
+
+/** What to do when descriptors run out, for the first log line of a burst. */
+const fdAdvice = (limit: number | undefined): string =>
+  `the process ran out of file descriptors${limit === undefined ? "" : ` (open-file limit ${limit})`}: ` +
+  "raise LimitNOFILE= in the systemd unit, or ulimit -n / docker run --ulimit nofile=N, or lower maxConnections"
+
+const memoryAdvice =
+  "the kernel is short of memory for sockets: check the host's memory and net.ipv4.tcp_mem / net.core limits"
+
+/** Errors of a socket call that mean the process or host is out of a resource, not that the peer failed. */
+const exhaustionCodes: ReadonlySet<string> = new Set(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"])
+const errnoOf = (e: unknown): string | undefined => {
+  const code = (e as { readonly code?: unknown } | null)?.code
+  return typeof code === "string" ? code : undefined
 }
 
 /** A snapshot for `/status`. */
@@ -173,6 +194,12 @@ const closeGently = (socket: Net.Socket): Promise<void> =>
     socket.end()
   })
 
+/** Options of `RunningListener.start`. */
+export interface StartOptions {
+  /** Hold connections unserved until `open()` (default: serve at once). */
+  readonly held?: boolean
+}
+
 /** A listener accepting connections. */
 export class RunningListener {
   readonly name: string
@@ -183,17 +210,31 @@ export class RunningListener {
   #seq = 0
   #stopping = false
   #bound = false
+  /** Accept losses (descriptor reserve, accept() errors): one log line per burst. */
+  readonly #acceptBurst: LogBurst.LogBurst
+  /** Target dials that failed for want of a descriptor or memory: one log line per burst. */
+  readonly #dialBurst: LogBurst.LogBurst
+  /** Connections that arrived before `open()` (see `StartOptions.held`); served or dropped then. */
+  #held: Array<Net.Socket> | undefined
 
-  private constructor(activation: Activation, deps: Dependencies) {
+  private constructor(activation: Activation, deps: Dependencies, held: boolean) {
+    this.#held = held ? [] : undefined
     this.name = activation.listener.name
     this.#current = activate(activation)
     this.#deps = deps
+    const burst = { log: deps.log, fields: { listener: this.name }, ...deps.burst }
+    this.#acceptBurst = LogBurst.make({ ...burst, event: "accept_failed" })
+    this.#dialBurst = LogBurst.make({ ...burst, event: "target_failed" })
     this.#server = Net.createServer({ allowHalfOpen: true }, (raw) => this.#onConnection(raw))
   }
 
-  /** Binds the listen address and starts accepting. */
-  static start(activation: Activation, deps: Dependencies): Promise<RunningListener> {
-    const l = new RunningListener(activation, deps)
+  /**
+   * Binds the listen address and starts accepting. With `held`, connections are held unserved
+   * until `open()`: a configuration whose other listeners fail to bind never serves half of
+   * itself (each is closed again, and the held connections with it).
+   */
+  static start(activation: Activation, deps: Dependencies, options: StartOptions = {}): Promise<RunningListener> {
+    const l = new RunningListener(activation, deps, options.held === true)
     const roles: ReadonlyArray<Metrics.Role> = [ConfigFile.tlsRole(activation.listener)]
     deps.metrics.registerListener(l.name, roles, {
       ...(activation.listener.starttls === undefined ? {} : { starttls: activation.listener.starttls.protocol }),
@@ -209,7 +250,7 @@ export class RunningListener {
       else l.#server.listen({ host: listen.host, port: listen.port, ipv6Only: false })
       l.#server.once("listening", () => {
         l.#server.off("error", reject)
-        l.#server.on("error", (e) => deps.log("error", "listener_error", { listener: l.name, error: e.message }))
+        l.#server.on("error", (e) => l.#onServerError(e))
         // Plaintext guardrail (issue 13 §3): a plaintext listen side named `localhost` must
         // really have bound a loopback address.
         const plainListen = ConfigFile.plaintextSides(activation.listener).some((s) => s.field === "listen")
@@ -240,6 +281,14 @@ export class RunningListener {
     })
   }
 
+  /** Serves the connections held since `start({ held: true })`, and every later one. */
+  open(): void {
+    const held = this.#held
+    if (held === undefined) return
+    this.#held = undefined
+    for (const raw of held) if (!raw.destroyed) this.#onConnection(raw)
+  }
+
   /** The bound address (the real port when configured with port 0). */
   address(): Net.AddressInfo {
     return this.#server.address() as Net.AddressInfo
@@ -265,6 +314,26 @@ export class RunningListener {
   update(activation: Activation): void {
     this.#current = activate(activation)
     this.#warnPlaintext(activation.listener)
+  }
+
+  /**
+   * An error of the listening socket once bound. Node reports a failed `accept()` this way
+   * (`syscall: "accept"`): counted by its code, logged once per burst, and the listener goes on
+   * listening (libuv keeps the socket armed).
+   */
+  #onServerError(e: Error): void {
+    if ((e as NodeJS.ErrnoException).syscall !== "accept") {
+      this.#deps.log("error", "listener_error", { listener: this.name, error: e.message })
+      return
+    }
+    const code = errnoOf(e)
+    const reason = Metrics.acceptErrorReason(code)
+    this.#deps.metrics.acceptError(this.name, reason)
+    this.#acceptBurst.record(reason, {
+      code,
+      error: e.message,
+      advice: code === "EMFILE" || code === "ENFILE" ? fdAdvice(this.#deps.descriptors?.limit) : memoryAdvice
+    })
   }
 
   /** `allowPlaintextNetwork` is loud: a warning at every start and every reload (issue 13 §3). */
@@ -297,6 +366,8 @@ export class RunningListener {
   /** Stops accepting; established connections go on. */
   stopAccepting(): Promise<void> {
     this.#stopping = true
+    for (const raw of this.#held ?? []) raw.destroy()
+    this.#held = undefined
     return new Promise((resolve) => {
       if (!this.#server.listening) return resolve()
       this.#server.close(() => resolve())
@@ -325,12 +396,40 @@ export class RunningListener {
       c.raw.destroy()
     }
     while (this.#live.size > 0) await new Promise((r) => setTimeout(r, 5))
+    // A burst in progress gets its summary now rather than never.
+    this.#acceptBurst.flush()
+    this.#dialBurst.flush()
     return left
   }
 
   #onConnection(raw: Net.Socket): void {
+    if (this.#held !== undefined) {
+      raw.pause()
+      raw.on("error", () => {})
+      this.#held.push(raw)
+      return
+    }
     const { listener } = this.#current
     const m = this.#deps.metrics
+    // The descriptor reserve (see `Descriptors`): this socket's number proves that every lower
+    // one is taken, so the process is within its reserve of the limit. Closed at once, counted,
+    // logged once per burst; the reserve stays for the connections already being served.
+    const budget = this.#deps.descriptors
+    if (budget !== undefined) {
+      const fd = Descriptors.fdOf(raw)
+      if (fd !== undefined && fd >= budget.threshold) {
+        m.acceptError(this.name, "fd_limit")
+        this.#acceptBurst.record("fd_limit", {
+          fd,
+          limit: budget.limit,
+          reserve: budget.reserve,
+          remote: `${raw.remoteAddress}:${raw.remotePort}`,
+          advice: fdAdvice(budget.limit)
+        })
+        raw.destroy()
+        return
+      }
+    }
     // Refusals: counted with a reason, logged once, and nothing else is affected.
     if (this.#stopping) {
       m.connectionRefused(this.name, "draining")
@@ -482,6 +581,22 @@ export class RunningListener {
     const l = current.listener
     const r = await connectTarget(l.target, l.connectTimeoutMs).then((c) => checkPlaintextTarget(l, c))
     if (Result.isFailure(r)) {
+      const code = errnoOf(r.failure.error)
+      if (code !== undefined && exhaustionCodes.has(code)) {
+        // Out of descriptors (or socket memory) here, not a fault of the target: still counted
+        // per connection, but logged once per burst, not once per connection.
+        const outOfFds = code === "EMFILE" || code === "ENFILE"
+        const reason: Metrics.RefusedReason = outOfFds ? "fd_limit" : r.failure.reason
+        this.#deps.metrics.connectionRefused(this.name, reason)
+        this.#dialBurst.record(reason, {
+          conn: live.id,
+          code,
+          target: formatAddress(l.target),
+          error: r.failure.error.message,
+          advice: outOfFds ? fdAdvice(this.#deps.descriptors?.limit) : memoryAdvice
+        })
+        return undefined
+      }
       this.#deps.metrics.connectionRefused(this.name, r.failure.reason)
       this.#deps.log("warn", "target_failed", {
         listener: this.name,

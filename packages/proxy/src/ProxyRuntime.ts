@@ -13,20 +13,39 @@
  * `Proxy` is an Effect service (`layer`) for the sidecar and for Effect users; `start` gives the
  * same runtime as a Promise API for everyone else.
  */
-import { ConfigFile } from "@sleeve/core"
+import { ConfigFile, type TlsMaterial } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
 import { Context, Data, Effect, Layer } from "effect"
 import type { Activated } from "./Activation.ts"
+import * as Descriptors from "./Descriptors.ts"
+import { ListenError, listenError } from "./ListenError.ts"
 import type { EventSink } from "./EventLog.ts"
 import * as Listener from "./Listener.ts"
 
 export { type ActivateOptions, type Activated, ActivationError, activate } from "./Activation.ts"
 
-/** A listener could not bind its address (in use, permission, bad interface). */
-export class ListenError extends Data.TaggedError("ListenError")<{
-  readonly message: string
-  readonly cause: unknown
-}> {}
+export { ListenError, listenError } from "./ListenError.ts"
+
+/** Binds every listener of `ls`, held; on the first failure closes those bound and throws a `ListenError`. */
+const bindAll = async (
+  config: ConfigFile.SleeveConfig,
+  ls: ReadonlyArray<ConfigFile.Listener>,
+  materials: ReadonlyMap<string, TlsMaterial.Material>,
+  deps: Listener.Dependencies
+): Promise<Array<Listener.RunningListener>> => {
+  const bound: Array<Listener.RunningListener> = []
+  for (const l of ls) {
+    try {
+      bound.push(
+        await Listener.RunningListener.start({ listener: l, material: materials.get(l.tls)! }, deps, { held: true })
+      )
+    } catch (cause) {
+      await Promise.all(bound.map((b) => b.drain(0)))
+      throw listenError(config, l, cause)
+    }
+  }
+  return bound
+}
 
 /** A snapshot of the proxy for `/status` and `/readyz`. */
 export interface Status {
@@ -49,23 +68,33 @@ export interface Running {
 
 const listenKey = (l: ConfigFile.Listener): string => `${l.mode}|${ConfigFile.formatAddress(l.listen)}`
 
-/** Starts every listener of an activated configuration. If one cannot bind, those started are closed. */
-export const start = async (
-  activated: Activated,
-  deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
-): Promise<Running> => {
+/** What `start` needs from its surroundings. */
+export interface StartDependencies {
+  readonly metrics: Metrics.Recorder
+  readonly log: EventSink
+  /**
+   * The descriptor budget (`Descriptors`): by default this process's (Linux), `null` for none.
+   */
+  readonly descriptors?: Descriptors.Budget | null
+  /** Timing of the once-per-burst log lines. */
+  readonly burst?: Listener.Dependencies["burst"]
+}
+
+/**
+ * Starts every listener of an activated configuration. Every listener is bound before any
+ * serves: if one cannot bind, those bound are closed, no connection was served, and the
+ * `ListenError` names the file, the listener's `listen` field, the address and the rule.
+ */
+export const start = async (activated: Activated, startDeps: StartDependencies): Promise<Running> => {
+  const { descriptors, ...rest } = startDeps
+  const budget = descriptors === null ? undefined : (descriptors ?? Descriptors.makeBudget())
+  const deps: Listener.Dependencies = { ...rest, descriptors: budget }
   let current = activated
   const listeners = new Map<string, Listener.RunningListener>()
-  const startOne = async (l: ConfigFile.Listener, a: Activated) => {
-    const r = await Listener.RunningListener.start({ listener: l, material: a.materials.get(l.tls)! }, deps)
-    listeners.set(l.name, r)
+  for (const l of await bindAll(activated.config, activated.config.listeners, activated.materials, deps)) {
+    listeners.set(l.name, l)
   }
-  try {
-    for (const l of activated.config.listeners) await startOne(l, activated)
-  } catch (e) {
-    await Promise.all([...listeners.values()].map((l) => l.drain(0)))
-    throw e
-  }
+  for (const l of listeners.values()) l.open()
   return {
     current: () => current,
     reload: async (next) => {
@@ -79,18 +108,12 @@ export const start = async (
       // New listeners start first: if one cannot bind, those started here are closed and the
       // reload fails with nothing changed (a new listener cannot take over the address of one
       // it replaces in the same reload; do that in two steps).
-      const started: Array<Listener.RunningListener> = []
-      try {
-        for (const l of next.config.listeners) {
-          if (listeners.has(l.name) && !replacedNames.has(l.name)) continue
-          started.push(
-            await Listener.RunningListener.start({ listener: l, material: next.materials.get(l.tls)! }, deps)
-          )
-        }
-      } catch (e) {
-        await Promise.all(started.map((l) => l.drain(0)))
-        throw e
-      }
+      const started = await bindAll(
+        next.config,
+        next.config.listeners.filter((l) => !listeners.has(l.name) || replacedNames.has(l.name)),
+        next.materials,
+        deps
+      )
       for (const [name, running] of replaced) {
         listeners.delete(name)
         void running.drain(next.config.drainTimeoutMs)
@@ -99,7 +122,10 @@ export const start = async (
         const running = listeners.get(l.name)
         if (running !== undefined) running.update({ listener: l, material: next.materials.get(l.tls)! })
       }
-      for (const l of started) listeners.set(l.name, l)
+      for (const l of started) {
+        listeners.set(l.name, l)
+        l.open()
+      }
       current = next
     },
     drain: async (deadlineMs) => {
@@ -120,15 +146,22 @@ export class ProxyRuntime extends Context.Service<ProxyRuntime, Running>()("@sle
    * Starts the proxy for an activated configuration; on scope close it drains for the
    * configuration's `drainTimeout`.
    */
-  static readonly layer = (
-    activated: Activated,
-    deps: { readonly metrics: Metrics.Recorder; readonly log: EventSink }
-  ): Layer.Layer<ProxyRuntime, ListenError> =>
+  static readonly layer = (activated: Activated, deps: StartDependencies): Layer.Layer<ProxyRuntime, ListenError> =>
     Layer.effect(ProxyRuntime)(
       Effect.acquireRelease(
         Effect.tryPromise({
           try: () => start(activated, deps),
-          catch: (cause) => new ListenError({ message: `cannot listen: ${(cause as Error).message}`, cause })
+          catch: (cause) =>
+            cause instanceof ListenError
+              ? cause
+              : new ListenError({
+                  file: activated.config.file,
+                  path: "listeners",
+                  address: "",
+                  code: undefined,
+                  rule: `cannot listen: ${cause instanceof Error ? cause.message : String(cause)}`,
+                  cause
+                })
         }),
         (running) =>
           Effect.promise(async () => {

@@ -1,6 +1,8 @@
 /** @sleeve/proxy — listeners, TLS sessions (both roles, at any point of a connection), STARTTLS, the bytes path. */
+export * as Descriptors from "./Descriptors.ts"
 export * as EventLog from "./EventLog.ts"
 export * as Listener from "./Listener.ts"
+export * as LogBurst from "./LogBurst.ts"
 export * as Pipe from "./Pipe.ts"
 export * as ProxyProtocol from "./ProxyProtocol.ts"
 export * as ProxyProtocolSession from "./ProxyProtocolSession.ts"

@@ -92,7 +92,8 @@ const cases: ReadonlyArray<Case> = [
     broken: () => ({
       listener: `  - { name: bad, mode: terminate, listen: "127.0.0.1:${occupiedPort}", target: "127.0.0.1:9", tls: Server }`
     }),
-    message: /cannot listen: listen EADDRINUSE: address already in use 127\.0\.0\.1:\d+/
+    message:
+      /listeners\[1\]\.listen: cannot listen on 127\.0\.0\.1:\d+: the address is already in use \(EADDRINUSE\): another process or listener holds it; stop it or choose another address/
   }
 ]
 
@@ -131,8 +132,8 @@ describe("sleeve run refuses a broken configuration and opens nothing", { timeou
       await probing
       const out = daemon.stdout() + daemon.stderr()
       expect(code, out).not.toBe(0)
-      // A bind failure is found at run time, not in the file: it names the address and the errno.
-      if (!c.name.startsWith("runtime")) expect(out, out).toMatch(new RegExp(`${name.replace(/\./g, "\\.")}: `))
+      // Every class names the file (a bind failure too: the file, the listener's field, the address).
+      expect(out, out).toMatch(new RegExp(`${name.replace(/\./g, "\\.")}: `))
       expect(out, out).toMatch(c.message)
       expect(out).not.toContain('"event":"ready"')
       if (c.name.startsWith("runtime")) {

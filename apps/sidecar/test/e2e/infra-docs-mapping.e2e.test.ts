@@ -232,7 +232,9 @@ listeners:
           expect(config, `${doc}: ${path}: the bundle is not written to dist/`).toContain(`dir: here("dist")`)
           const file = path.slice("apps/sidecar/dist/".length)
           if (file !== "") {
-            const entries = [.../input: \{([^}]*)\}/.exec(config)?.[1]?.matchAll(/(\w+):/g) ?? []].map((m) => `${m[1]}.js`)
+            const entries = [...(/input: \{([^}]*)\}/.exec(config)?.[1]?.matchAll(/(\w+):/g) ?? [])].map(
+              (m) => `${m[1]}.js`
+            )
             expect(entries, `${doc}: ${path} is not an entry point of the bundle`).toContain(file)
           }
         } else expect(existsSync(join(repoRoot, path)), `${doc}: ${path}`).toBe(true)

@@ -26,7 +26,8 @@ const alertNames = [
   "SleeveNotReady",
   "SleeveConfigReloadFailing",
   "SleeveCrlStale",
-  "SleeveProxyProtocolRefusals"
+  "SleeveProxyProtocolRefusals",
+  "SleeveResourceExhaustion"
 ]
 
 let pki: TestPki.TestPki
