@@ -15,7 +15,7 @@
  */
 import { ConfigFile, type TlsMaterial } from "@sleeve/core"
 import type { Metrics } from "@sleeve/metrics"
-import { Context, Data, Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import type { Activated } from "./Activation.ts"
 import * as Descriptors from "./Descriptors.ts"
 import { ListenError, listenError } from "./ListenError.ts"
