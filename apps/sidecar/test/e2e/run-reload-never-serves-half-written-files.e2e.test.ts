@@ -276,7 +276,7 @@ describe("sleeve run: certificate files replaced during reload", () => {
       { after: eventsBeforeMismatch, timeoutMs: 15_000 }
     )
     expect(String((mismatch.problems as ReadonlyArray<string>)[0])).toMatch(
-      /sleeve\.yaml: tls\.Server\.privateKeyFile: .*match/i
+      /sleeve\.yaml: tls\.Server\.privateKeyFile: .*does not belong to certificate .*their public keys differ/
     )
     // Refused: the old pair still serves.
     expect(await sClientFingerprint(port)).toBe(fingerprint(c))
