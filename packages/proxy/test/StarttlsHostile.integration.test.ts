@@ -19,7 +19,6 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Metrics from "@sleeve/metrics/Metrics"
 import * as TestPki from "@sleeve/testing/TestPki"
 import type * as Net from "node:net"
-import type * as Tls from "node:tls"
 import {
   imapSession,
   ldapSession,
