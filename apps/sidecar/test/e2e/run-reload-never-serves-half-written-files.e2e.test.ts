@@ -311,6 +311,8 @@ describe("sleeve run: certificate files replaced during reload", () => {
     }
     expect((await reloadsFailed()) - failedBefore).toBe(failed.length)
     const inPlace = sleeve.events().slice(eventsBeforeInPlace)
+    // The guard at work: reloads asked for while a file was being written waited for it.
+    expect(inPlace.filter((e) => e.event === "reload_waiting").length).toBeGreaterThan(0)
     const summary = {
       probes: probes.length,
       sighups: { atomic: atomicHups, inPlace: inPlaceHups },
