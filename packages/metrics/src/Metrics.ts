@@ -127,6 +127,7 @@ export const refusedReasons = [
   "draining",
   "cleartext_limit",
   "starttls_required",
+  "protocol_error",
   "proxy_protocol",
   "other"
 ] as const

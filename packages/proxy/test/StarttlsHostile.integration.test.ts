@@ -429,13 +429,8 @@ describe("binary junk before STARTTLS", { timeout: 20_000 }, () => {
         { listener: l, result: "refused" },
         refusedBefore + 1
       )
-      if (a.reason === "starttls_required") {
-        await proxy!.counted(
-          Metrics.MetricName.connectionsRefusedTotal,
-          { listener: l, reason: "starttls_required" },
-          1
-        )
-      }
+      await proxy!.counted(Metrics.MetricName.connectionsRefusedTotal, { listener: l, reason: a.reason }, 1)
+      assert.strictEqual(await proxy!.value(Metrics.MetricName.connectionsRefusedTotal, { listener: l }), 1)
       const mine = proxy!
         .events()
         .slice(eventsBefore)
