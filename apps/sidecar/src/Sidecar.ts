@@ -30,6 +30,11 @@ export interface RunOptions {
   readonly configPath: string
   /** How often referenced files are checked for changes (ms); default 1000. */
   readonly watchIntervalMs?: number
+  /**
+   * How long every file the configuration reads must have been left alone before a reload reads
+   * it (ms); default 1000. See `settleWait`.
+   */
+  readonly settleMs?: number
   /** Called once every listener and the admin endpoint are bound (`sleeve demo` prints its commands then). */
   readonly onReady?: (ready: ReadyInfo) => void
   /** Where connection events go; JSON lines on stdout by default. */
@@ -182,18 +187,64 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
         at: new Date().toISOString(),
         problems: []
       }
-      // A trigger that arrives while a reload is in flight is not dropped: the files may have
-      // changed again after that reload read them, so one more reload runs when it ends.
+      // A trigger that arrives while a reload is in flight (or waits for files to settle) is not
+      // dropped: the files may have changed again after that reload read them, so one more
+      // reload runs when it ends.
       let reloading = false
       let pending: string | undefined
+      const settleMs = options.settleMs ?? 1000
+      let waiting: NodeJS.Timeout | undefined
+      /** When the current wait for files to settle began (reset once a reload has run). */
+      let waitingSince: number | undefined
+      /**
+       * Defers the reload while a file is being written: it runs again when every file has been
+       * left alone for `settleMs`. Returns false when the files are settled, or have kept changing
+       * for longer than `maxSettleWaitMs` (then the reload goes ahead, guarded by the checks of
+       * activation alone: a file that never stops changing must not block reloads forever).
+       */
+      const deferWhileWritten = (trigger: string, files: ReadonlyArray<string>): boolean => {
+        const now = Date.now()
+        const busy = settleWait(files, settleMs, now)
+        if (busy === undefined) return false
+        if (waitingSince !== undefined && now - waitingSince > maxSettleWaitMs) return false
+        if (waitingSince === undefined) {
+          waitingSince = now
+          // Logged once per wait, not once per trigger (a SIGHUP storm during a write).
+          log("info", "reload_waiting", { trigger, file: busy.file, settleMs })
+        }
+        pending ??= trigger
+        waiting = setTimeout(() => {
+          waiting = undefined
+          const t = pending ?? trigger
+          pending = undefined
+          reload(t)
+        }, busy.waitMs)
+        return true
+      }
       const reload = (trigger: string) => {
         if (draining !== undefined) return
         if (reloading) {
           pending = trigger
           return
         }
-        reloading = true
+        // Waiting for files to settle: the reload that runs then is logged with the trigger that
+        // started the wait (a SIGHUP stays a SIGHUP when the watcher sees the same write).
+        if (waiting !== undefined) {
+          pending ??= trigger
+          return
+        }
+        // A certificate or key written in place (truncated, then written in pieces) passes through
+        // states that parse: a chain cut after its leaf is a valid one-certificate chain that
+        // matches the key. So no reload reads a file changed less than `settleMs` ago, whatever
+        // triggered it. (A complete file renamed into place keeps the mtime it was written with:
+        // the reload waits only for what is left of `settleMs` since then.)
+        if (deferWhileWritten(trigger, proxy.current().files)) return
         const { result: next, take } = activate(options.configPath)
+        // A file changed while it was being read, or one the new configuration reads for the
+        // first time is still being written: read everything again once it has settled.
+        if (Result.isSuccess(next) && deferWhileWritten(trigger, next.success.files)) return
+        reloading = true
+        waitingSince = undefined
         const done = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
           metrics.configReload(result)
           Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
@@ -272,7 +323,12 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
         crlTimer.unref()
       }
       armCrlTimer(first.success)
-      yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(crlTimer)))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          clearTimeout(crlTimer)
+          clearTimeout(waiting)
+        })
+      )
       const onHup = () => reload("SIGHUP")
       process.on("SIGHUP", onHup)
       yield* Effect.addFinalizer(() =>
@@ -338,6 +394,35 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
   )
 
 const maxTimerMs = 2_147_483_647
+
+/** A reload waits at most this long for files that keep changing. */
+const maxSettleWaitMs = 30_000
+
+/**
+ * The file among `files` changed most recently, when that was less than `settleMs` before `now`,
+ * and how long until it will have been left alone for `settleMs` (symlinks are followed). A file
+ * that cannot be read is not waited for (activation reports it); an mtime in the future (a clock
+ * set back) counts as settled.
+ */
+const settleWait = (
+  files: ReadonlyArray<string>,
+  settleMs: number,
+  now: number
+): { readonly file: string; readonly waitMs: number } | undefined => {
+  let busy: { file: string; waitMs: number } | undefined
+  for (const file of files) {
+    let age: number
+    try {
+      age = now - Fs.statSync(file).mtimeMs
+    } catch {
+      continue
+    }
+    if (age < 0 || age >= settleMs) continue
+    const waitMs = Math.ceil(settleMs - age)
+    if (busy === undefined || waitMs > busy.waitMs) busy = { file, waitMs }
+  }
+  return busy
+}
 
 const countActive = (running: Backend): number =>
   running.status().listeners.reduce((n, l) => n + l.activeConnections, 0)

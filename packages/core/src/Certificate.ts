@@ -223,6 +223,18 @@ export const parsePem = (
   while (i < lines.length) {
     const begin = /^-----BEGIN ([A-Z0-9 .]+)-----$/.exec((lines[i] ?? "").trim())
     if (begin === null) {
+      // Text around the blocks is allowed (`openssl x509 -text`, "Bag Attributes"), but not a
+      // file that ends in the middle of a BEGIN line: read while it is being written, it would
+      // otherwise parse as the certificates before it (a chain without its intermediates).
+      const text = (lines[i] ?? "").trim()
+      if (i === lines.length - 1 && text !== "" && ("-----BEGIN ".startsWith(text) || text.startsWith("-----BEGIN"))) {
+        return fail(
+          "MalformedPem",
+          out.length,
+          i + 1,
+          `the file ends in an incomplete PEM BEGIN line (line ${i + 1}: ${JSON.stringify(text.slice(0, 40))}); is it cut short?`
+        )
+      }
       i++
       continue
     }

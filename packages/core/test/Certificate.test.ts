@@ -176,6 +176,15 @@ describe("Certificate", () => {
       expect(e3.reason).toBe("MalformedPem")
       expect(e3.message).toContain("TRUSTED CERTIFICATE")
 
+      // A chain cut in the middle of the next certificate's BEGIN line (a file read while it is
+      // being written) is not taken for the certificates before it.
+      const e4 = failureOf(Certificate.parsePem(`${root.certPem}-----BEGIN CERT`, "chain.pem"))
+      expect(e4).toMatchObject({ reason: "MalformedPem", index: 1 })
+      expect(e4.message).toContain("incomplete PEM BEGIN line")
+      expect(failureOf(Certificate.parsePem(`${root.certPem}---`)).reason).toBe("MalformedPem")
+      // Text after the last block is still allowed.
+      expect(Result.isSuccess(Certificate.parsePem(`${root.certPem}subject=CN = root\n`))).toBe(true)
+
       const withHeader = root.certPem.replace("-----\n", "-----\nProc-Type: 4,ENCRYPTED\n\n")
       expect(failureOf(Certificate.parsePem(withHeader)).message).toContain("has PEM headers")
     })

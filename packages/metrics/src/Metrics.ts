@@ -128,6 +128,7 @@ export const refusedReasons = [
   "draining",
   "cleartext_limit",
   "starttls_required",
+  "protocol_error",
   "proxy_protocol",
   // The process had no file descriptor left to connect to the target (EMFILE/ENFILE).
   "fd_limit",

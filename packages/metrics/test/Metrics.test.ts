@@ -161,7 +161,7 @@ describe("Metrics.layer", () => {
         }
         zero(N.starttlsDiscardedBytesTotal, { listener: "pg", protocol: "postgres" })
         assert.deepStrictEqual(created, expected)
-        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 9 + 6 + 2 + 3 + 1)
+        assert.strictEqual(Object.keys(created).length, 2 * (4 + 13 + 1 + 16) + 1 + 1 + 10 + 6 + 2 + 3 + 1)
 
         // Registering again (a reload) keeps the values recorded so far.
         m.handshake("pg", "server", "ok", 0.02)

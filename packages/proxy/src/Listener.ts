@@ -772,7 +772,11 @@ export class RunningListener {
       // `failed` when the upgrade itself failed. A server-side client that left or timed out
       // without ever asking for STARTTLS made no upgrade attempt and is not counted.
       const refusal: Metrics.RefusedReason | undefined =
-        reason === "starttls_required" || reason === "cleartext_limit"
+        reason === "starttls_required" ||
+        reason === "cleartext_limit" ||
+        // A client that does not speak the protocol (binary junk, a malformed LDAPMessage); a
+        // remote server that does not is counted by the upgrade result alone.
+        (reason === "protocol_error" && side === "server")
           ? reason
           : side === "server" && negotiator.phase === "negotiating" && negotiator.stats.refusedCommands > 0
             ? "starttls_required"

@@ -818,6 +818,12 @@ interface ImapCommand {
   sync: boolean
 }
 
+/**
+ * RFC 3501 §9: `tag = 1*<any ASTRING-CHAR except "+">`: printable ASCII without SP, CTL,
+ * `(`, `)`, `{`, `%`, `*`, `"`, `\` (so `*` and `+` are never tags).
+ */
+const isImapTag = (s: string): boolean => /^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+$/.test(s)
+
 const imapServer = (ctx: Ctx): Driver => {
   let greeted = false
   let authenticated = false
@@ -904,7 +910,10 @@ const imapServer = (ctx: Ctx): Driver => {
     const text = lineText(line)
     const literal = imapLiteral(text)
     const m = /^(\S+)(?: +(\S+))?(.*)$/.exec(text)
-    if (m === null || m[1] === "*" || m[1] === "+") {
+    // A tag that is not an RFC 3501 tag (binary junk, a TLS record sent to the plaintext port)
+    // gets the untagged answer: Sleeve's tagged answers echo the tag, and junk is never
+    // reflected back to the peer.
+    if (m === null || !isImapTag(m[1]!)) {
       if (!ctx.opts.requireTls) return ctx.toApp(line)
       return refuse("*", "* BAD Invalid command\r\n", literal)
     }
