@@ -628,7 +628,22 @@ export class RunningListener {
     }
   }
 
+  // Each mode's relay is awaited by an async function that holds only the sockets: a suspended
+  // async function keeps every value of its frame, so the handshake's result (the peer's parsed
+  // certificate) is produced and consumed in a helper that has returned before the relay starts
+  // (docs/figures-per-connection.md).
+
   async #terminate(live: Live, current: Current): Promise<Outcome> {
+    const legs = await this.#terminateLegs(live, current)
+    if (!("tls" in legs)) return legs
+    return withoutHeader(await this.#relay(live, legs.tls, legs.target, current, undefined, "target"), legs.headerBytes)
+  }
+
+  /** Terminate up to the relay: handshake and peer check, then the target and its PROXY header. */
+  async #terminateLegs(
+    live: Live,
+    current: Current
+  ): Promise<Outcome | { readonly tls: Tls.TLSSocket; readonly target: Net.Socket; readonly headerBytes: number }> {
     const secured = await current.engine!.accept(live.raw, this.#ctx(live))
     if (Result.isFailure(secured)) return { reason: secured.failure.reason, bytes: undefined }
     const tls = secured.success.socket
@@ -639,11 +654,17 @@ export class RunningListener {
       await closeGently(tls)
       return { reason: "target_failed", bytes: undefined }
     }
-    const headerBytes = this.#sendProxyHeader(live, current, target, tls, secured.success.peer)
-    return withoutHeader(await this.#relay(live, tls, target, current, undefined, "target"), headerBytes)
+    return { tls, target, headerBytes: this.#sendProxyHeader(live, current, target, tls, secured.success.peer) }
   }
 
   async #originate(live: Live, current: Current): Promise<Outcome> {
+    const tls = await this.#originateLeg(live, current)
+    if (!(tls instanceof Net.Socket)) return tls
+    return this.#relay(live, tls, live.raw, current, undefined, "client")
+  }
+
+  /** Originate up to the relay: the target, then the handshake and the server's check. */
+  async #originateLeg(live: Live, current: Current): Promise<Outcome | Tls.TLSSocket> {
     const l = current.listener
     const up = await this.#dial(live, current)
     if (up === undefined) {
@@ -654,7 +675,7 @@ export class RunningListener {
     const secured = await TlsSession.connectClient(up, current.material, clientOptions(l), this.#ctx(live))
     if (Result.isFailure(secured)) return { reason: secured.failure.reason, bytes: undefined }
     live.sockets.add(secured.success.socket)
-    return this.#relay(live, secured.success.socket, live.raw, current, undefined, "client")
+    return secured.success.socket
   }
 
   async #starttlsServer(live: Live, current: Current): Promise<Outcome> {
@@ -681,6 +702,7 @@ export class RunningListener {
         live.origin ?? ProxyProtocolSession.originOf(live.raw, undefined),
         ProxyProtocolSession.tlsFactsOf(secure, peer, current.material.config.name)
       )
+      peer = undefined
       this.#deps.metrics.proxyProtocolHeader(this.name, "sent", current.listener.proxyProtocol)
       headerBytes = header.length
       return header
@@ -693,7 +715,8 @@ export class RunningListener {
       (raw) =>
         current.engine!.accept(raw, ctx).then((r) => {
           if (Result.isFailure(r)) return Promise.reject(r.failure)
-          peer = r.success.peer
+          // Kept only for the PROXY header, and dropped once it is written (see `#terminate`).
+          if (current.listener.proxyProtocol !== undefined) peer = r.success.peer
           return r.success.socket
         }),
       preamble

@@ -318,13 +318,12 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
     material,
     accept: (raw, ctx) =>
       new Promise((resolve) => {
-        pending.set(raw, { resolve, ctx, startedAt: performance.now() })
         // A raw socket that dies before OpenSSL says anything (a port scanner, a reset). Deferred
         // one turn: when Node itself rejects a peer whose chain did not verify (`rejectUnauthorized`),
         // it destroys the TLS socket, the raw socket closes first, and the TLS socket's
         // `tlsClientError` (which carries the verify code: expired, unknown CA, ...) follows; that
         // verdict must win over this generic one.
-        raw.once("close", () =>
+        const onClose = () =>
           setImmediate(() => {
             const p = pending.get(raw)
             if (p === undefined) return
@@ -333,7 +332,15 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
               Result.fail(failed("server", material, ctx, "other", new Error("connection closed during handshake")))
             )
           })
-        )
+        raw.once("close", onClose)
+        // Once settled, the listener goes: it holds `resolve`, hence the settled promise and the
+        // peer's parsed certificate, for the whole life of the connection otherwise
+        // (test/Retention.integration.test.ts, docs/figures-per-connection.md).
+        const settled = (r: Result.Result<Secured, TlsSessionError>) => {
+          raw.off("close", onClose)
+          resolve(r)
+        }
+        pending.set(raw, { resolve: settled, ctx, startedAt: performance.now() })
         // The TLS socket takes `allowHalfOpen` from `raw`. Off during the handshake: a peer that
         // half-closes before it is done can never finish it, so Node closes at its FIN (counted
         // `other` above) instead of holding the socket until the handshake timeout.
@@ -358,6 +365,11 @@ export interface ClientOptions {
   readonly handshakeTimeoutMs: number
 }
 
+/** After the handshake: an error destroys the socket (as during it), without holding anything. */
+function destroyOnError(this: Tls.TLSSocket): void {
+  this.destroy()
+}
+
 /** Secures an already-connected socket as TLS client. Never rejects; failures are counted and logged. */
 export const connectClient = (
   raw: Net.Socket,
@@ -373,6 +385,15 @@ export const connectClient = (
       if (done) return
       done = true
       clearTimeout(timer)
+      // The handshake's listeners go once it is decided: they hold `resolve`, hence the settled
+      // promise and the server's parsed certificate, for the whole life of the connection
+      // otherwise. An error from now on still destroys the socket (the relay reports it).
+      socket.off("secureConnect", onSecure)
+      socket.off("close", onClose)
+      if (socket.listeners("error").includes(onError)) {
+        socket.off("error", onError)
+        socket.once("error", destroyOnError)
+      }
       resolve(r)
     }
     const name = options.serverName
@@ -404,20 +425,23 @@ export const connectClient = (
         )
       )
     }, options.handshakeTimeoutMs)
-    socket.once("secureConnect", () => {
+    const onSecure = () => {
       if (done) return
       finish(judge(socket, material, "client", ctx, startedAt))
-    })
-    socket.once("error", (err: Error & { code?: string }) => {
+    }
+    const onError = (err: Error & { code?: string }) => {
       const reason = Metrics.classifyTlsError(err)
       // Node rejects the server's chain after the handshake, so the chain is still readable here.
       const fields = reason === "revoked" && !done ? revokedFields(peerChain(socket), material) : {}
       socket.destroy()
       if (done) return
       finish(Result.fail(failed("client", material, ctx, reason, err, fields)))
-    })
-    socket.once("close", () => {
+    }
+    const onClose = () => {
       if (done) return
       finish(Result.fail(failed("client", material, ctx, "other", new Error("connection closed during handshake"))))
-    })
+    }
+    socket.once("secureConnect", onSecure)
+    socket.once("error", onError)
+    socket.once("close", onClose)
   })
