@@ -7,7 +7,8 @@
  *
  * Code splitting keeps start-up cheap: a command's implementation is imported when that command
  * runs (commands/*.ts), so `sleeve run` never loads the development PKI, `explain` or `certs`,
- * and `sleeve dn` never loads the proxy or the metrics.
+ * and `sleeve dn` never loads the proxy or the metrics. @peculiar/x509 (about 10 MiB resident once
+ * loaded) is its own entry, `x509.js`, required only when a TLS configuration has a `crlFile`.
  *
  * Node's built-in modules are not bundled: every import or `require()` of one becomes
  * `process.getBuiltinModule(…)` (Node ≥ 22.3). An ES `import … from "node:http"` would make Node
@@ -69,7 +70,9 @@ const lazySegmenter: Plugin = {
 
 /** The build, also run by the e2e tests' global setup (test/support/BuildArtefact.ts). */
 export const options: BuildOptions = {
-  input: { main: here("src/main.ts") },
+  // x509.js: @peculiar/x509 for CRL parsing, which packages/core/src/internal/x509Lazy.ts
+  // `require()`s by that name, beside main.js, the first time a configuration has a crlFile.
+  input: { main: here("src/main.ts"), x509: here("../../packages/core/src/internal/x509.ts") },
   platform: "node",
   plugins: [getBuiltinModule, lazySegmenter],
   // reflect-metadata is imported for its side effect (it installs `Reflect.metadata`, which

@@ -140,7 +140,7 @@ const once = async (v: Variant, withHeap: boolean): Promise<Sample> => {
   const child = spawn(node, argv, {
     cwd: work,
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1" }
+    env: { ...process.env, NO_COLOR: "1", ...v.env }
   })
   let out = ""
   let err = ""

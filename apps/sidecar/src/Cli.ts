@@ -10,17 +10,20 @@
  * command: `run` and `demo` then drain and exit 0 (stopping is their normal end, and a
  * supervisor must not see a failure); any other command exits 130.
  *
- * Each command lives in `commands/<Name>.ts`; this module only assembles them.
+ * Each command lives in `commands/`; this module only assembles them. `check`, `explain`, `dn` and
+ * `certs` are defined (flags, help) in `<Name>Command.ts` and implemented in `<Name>.ts`, which is
+ * imported only when that command runs, as `run` and `demo` import theirs: `sleeve run` loads none
+ * of the others' code.
  */
 import { Cause, Console, Data, Effect, Runtime, Stdio } from "effect"
 import { CliError, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
 import { TerminalCapabilities } from "effect/cli/TerminalCapabilities"
 import packageJson from "../package.json" with { type: "json" }
-import * as Certs from "./commands/Certs.ts"
-import * as Check from "./commands/Check.ts"
+import * as Certs from "./commands/CertsCommand.ts"
+import * as Check from "./commands/CheckCommand.ts"
 import * as Demo from "./commands/Demo.ts"
-import * as Dn from "./commands/Dn.ts"
-import * as Explain from "./commands/Explain.ts"
+import * as Dn from "./commands/DnCommand.ts"
+import * as Explain from "./commands/ExplainCommand.ts"
 import * as Run from "./commands/Run.ts"
 
 /** The version printed by `sleeve --version` (from apps/sidecar/package.json, inlined in the bundle). */

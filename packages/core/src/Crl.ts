@@ -4,7 +4,8 @@
  * CA's key signed it, when it was issued and when the next one is due) and, for the degraded
  * `crlStale: warn` mode, whether a given certificate is listed.
  *
- * Parsing is @peculiar/x509's `X509Crl` (PEM and DER, entries, extensions); the signature is
+ * Parsing is @peculiar/x509's `X509Crl` (PEM and DER, entries, extensions), loaded on the first
+ * parse (internal/x509Lazy.ts), so that configurations without CRLs never pay for it; the signature is
  * checked with Node's `crypto.verify` (OpenSSL) over the CRL's to-be-signed bytes exactly as they
  * are in the file, with the public key of the CA certificate whose subject DN equals the CRL's
  * issuer DN (structured comparison, never strings). Everything here is synchronous, so
@@ -24,7 +25,8 @@ import { Data, Result } from "effect"
 import { constants as cryptoConstants, verify as cryptoVerify } from "node:crypto"
 import * as Certificate from "./Certificate.ts"
 import * as Dn from "./DistinguishedName.ts"
-import { x509 } from "./internal/x509.ts"
+import type { x509 } from "./internal/x509.ts"
+import * as X509 from "./internal/x509Lazy.ts"
 
 // ---------------------------------------------------------------------------------------------
 // Models
@@ -81,9 +83,10 @@ export const parsePem = (text: string, source?: string): Result.Result<ReadonlyA
   // biome-ignore lint/suspicious/noAssignInExpressions: the usual exec loop
   while ((m = pemBlock.exec(text)) !== null) {
     const index = out.length + 1
+    const lib = X509.x509()
     let crl: x509.X509Crl
     try {
-      crl = new x509.X509Crl(Buffer.from((m[1] ?? "").replace(/\s+/g, ""), "base64"))
+      crl = new lib.X509Crl(Buffer.from((m[1] ?? "").replace(/\s+/g, ""), "base64"))
       // Touch the fields that are decoded lazily, so a broken CRL fails here, not later.
       void crl.thisUpdate
       void crl.nextUpdate

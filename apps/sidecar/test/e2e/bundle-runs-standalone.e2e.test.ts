@@ -2,8 +2,9 @@
  * The production build: `rolldown -c rolldown.config.ts` (the package's `bundle` script) writes
  * `main.js` and the chunks it imports into one folder; a copy of that folder, alone in an empty
  * folder with no node_modules anywhere above, must run `--version`, `dn` and `check` (encrypted
- * key, chain, dual-use) exactly as the source does, and `demo`, whose test PKI needs
- * @peculiar/x509 and so the reflect-metadata polyfill.
+ * key, chain, dual-use) exactly as the source does, `check` of a configuration with a CRL (parsed
+ * by @peculiar/x509 in `x509.js`, which the core `require()`s beside `main.js` on first use), and
+ * `demo`, whose test PKI needs @peculiar/x509 and so the reflect-metadata polyfill.
  *
  * It builds into a folder of its own (`--dir`), never into `dist/`, which the other e2e tests
  * are running (test/support/BuildArtefact.ts builds that one).
@@ -42,6 +43,21 @@ tls:
 listeners:
   - { name: in, mode: terminate, listen: "127.0.0.1:2188", target: "127.0.0.1:1972", tls: Mirror }
 `
+  )
+  // A CRL from a CA that is not in caFile: refusing it names the issuer read from the parsed CRL.
+  const foreign = await TestPki.make()
+  try {
+    const crl = await foreign.crl(await foreign.ca({ name: "foreign", subject: [{ CN: "Foreign Root" }] }))
+    await pki.write("foreign.crl.pem", crl.pem)
+  } finally {
+    await foreign.cleanup()
+  }
+  await pki.write(
+    "crl.yaml",
+    (await readFile(join(pki.dir, "sleeve.yaml"), "utf8")).replace(
+      "    caFile: ca-bundle.pem\n",
+      "    caFile: ca-bundle.pem\n    crlFile: foreign.crl.pem\n"
+    )
   )
   bundleDir = await mkdtemp(join(tmpdir(), "sleeve-bundle-"))
 })
@@ -96,11 +112,12 @@ describe("bundle (dist/main.js and its chunks)", { timeout: 90_000 }, () => {
     expect(above).toEqual([])
 
     const pkg = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as { version: string }
-    const [version, dn, check, checkNoPassword, demo] = await Promise.all([
+    const [version, dn, check, checkNoPassword, checkCrl, demo] = await Promise.all([
       run(node, [main, "--version"], { cwd: appFolder }),
       run(node, [main, "dn", "--all", "node.chain.pem"], { cwd: pki.dir }),
       run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir, env: { KEY_PASSWORD: password } }),
       run(node, [main, "check", "--config", "sleeve.yaml"], { cwd: pki.dir }),
+      run(node, [main, "check", "--config", "crl.yaml"], { cwd: pki.dir, env: { KEY_PASSWORD: password } }),
       stopWhenReady(node, [main, "demo"], { cwd: appFolder, ready: (out) => out.includes(readyLine), signal: "SIGINT" })
     ])
     expect(version.stdout).toBe(`sleeve ${pkg.version}\n`)
@@ -118,6 +135,13 @@ describe("bundle (dist/main.js and its chunks)", { timeout: 90_000 }, () => {
       "sleeve.yaml: 1 error"
     ])
     expect(checkNoPassword.code).toBe(1)
+
+    expect(checkCrl.stderr).toBe("")
+    expect(lines(checkCrl.stdout)).toEqual([
+      'crl.yaml: tls.Mirror.crlFile: CRL #1 (issuer "CN=Foreign Root") was not issued by a CA in caFile; OpenSSL could not verify it and would reject every peer it applies to',
+      "crl.yaml: 1 error"
+    ])
+    expect(checkCrl.code).toBe(1)
 
     expect(demo.signalled).toBe(true)
     expect(demo.stderr, demo.stderr).not.toMatch(/^sleeve: |^\s+at /m)
