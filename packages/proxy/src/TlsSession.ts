@@ -61,19 +61,51 @@ const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.
   }
 }
 
-/** The peer chain as presented, leaf first, parsed by @sleeve/core. */
-const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
-  const chain: Array<Certificate.Certificate> = []
+/**
+ * What the handshake showed of the peer: the chain as Node reports it, leaf first, identified by
+ * the fingerprints OpenSSL computed, and parsed by @sleeve/core only when the decision cache
+ * has not judged this chain before.
+ */
+const presented = (socket: Tls.TLSSocket): CorePolicy.Presented => {
+  const raws: Array<Buffer> = []
+  const fingerprints: Array<string> = []
   let c: Tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate
-  const seen = new Set<string>()
-  while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256)
-    const parsed = Certificate.fromDer(c.raw)
-    if (Result.isFailure(parsed)) break
-    chain.push(parsed.success)
+  while (c !== undefined && c.raw !== undefined && !fingerprints.includes(c.fingerprint256)) {
+    fingerprints.push(c.fingerprint256)
+    raws.push(c.raw)
     c = c.issuerCertificate === c ? undefined : c.issuerCertificate
   }
-  return chain
+  let chain: ReadonlyArray<Certificate.Certificate> | undefined
+  return {
+    verified: socket.authorized,
+    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError),
+    fingerprints,
+    chain: () => {
+      if (chain !== undefined) return chain
+      const parsed: Array<Certificate.Certificate> = []
+      for (const raw of raws) {
+        const r = Certificate.fromDer(raw)
+        if (Result.isFailure(r)) break
+        parsed.push(r.success)
+      }
+      chain = parsed
+      return parsed
+    }
+  }
+}
+
+/**
+ * One decision cache per activated material: a reload activates new material, so a new cache
+ * (PeerPolicy.makeCache: only verified chains are remembered).
+ */
+const caches = new WeakMap<TlsMaterial.Material, CorePolicy.DecisionCache>()
+const cacheOf = (material: TlsMaterial.Material): CorePolicy.DecisionCache => {
+  let cache = caches.get(material)
+  if (cache === undefined) {
+    cache = CorePolicy.makeCache(material.config)
+    caches.set(material, cache)
+  }
+  return cache
 }
 
 /**
@@ -87,13 +119,8 @@ const judge = (
   ctx: SessionContext,
   startedAt: number
 ): Result.Result<Secured, TlsSessionError> => {
-  const chain = peerChain(socket)
-  const decision = CorePolicy.authorize(material.config, {
-    chain,
-    verified: socket.authorized,
-    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError)
-  })
-  const peer = chain[0]
+  const decision = cacheOf(material).authorize(presented(socket))
+  const peer = decision.peer
   if (decision._tag === "Deny") {
     const reason = denyReason(decision)
     ctx.metrics.handshakeFailed(ctx.listener, role, reason)
