@@ -66,21 +66,53 @@ const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.
   }
 }
 
-/** The peer chain as presented, leaf first, parsed by @sleeve/core. */
-const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
-  const chain: Array<Certificate.Certificate> = []
+/**
+ * What the handshake showed of the peer: the chain as Node reports it, leaf first, identified by
+ * the fingerprints OpenSSL computed, and parsed by @sleeve/core only when the decision cache
+ * has not judged this chain before.
+ */
+const presented = (socket: Tls.TLSSocket): CorePolicy.Presented => {
+  const raws: Array<Buffer> = []
+  const fingerprints: Array<string> = []
   // null (not {}) once the socket has lost its handle, e.g. in a late error handler.
   let c: Tls.DetailedPeerCertificate | undefined =
     (socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate | null) ?? undefined
-  const seen = new Set<string>()
-  while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256)
-    const parsed = Certificate.fromDer(c.raw)
-    if (Result.isFailure(parsed)) break
-    chain.push(parsed.success)
+  while (c !== undefined && c.raw !== undefined && !fingerprints.includes(c.fingerprint256)) {
+    fingerprints.push(c.fingerprint256)
+    raws.push(c.raw)
     c = c.issuerCertificate === c ? undefined : c.issuerCertificate
   }
-  return chain
+  let chain: ReadonlyArray<Certificate.Certificate> | undefined
+  return {
+    verified: socket.authorized,
+    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError),
+    fingerprints,
+    chain: () => {
+      if (chain !== undefined) return chain
+      const parsed: Array<Certificate.Certificate> = []
+      for (const raw of raws) {
+        const r = Certificate.fromDer(raw)
+        if (Result.isFailure(r)) break
+        parsed.push(r.success)
+      }
+      chain = parsed
+      return parsed
+    }
+  }
+}
+
+/**
+ * One decision cache per activated material: a reload activates new material, so a new cache
+ * (PeerPolicy.makeCache: only verified chains are remembered).
+ */
+const caches = new WeakMap<TlsMaterial.Material, CorePolicy.DecisionCache>()
+const cacheOf = (material: TlsMaterial.Material): CorePolicy.DecisionCache => {
+  let cache = caches.get(material)
+  if (cache === undefined) {
+    cache = CorePolicy.makeCache(material.config)
+    caches.set(material, cache)
+  }
+  return cache
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,10 +178,12 @@ const judge = (
   ctx: SessionContext,
   startedAt: number
 ): Result.Result<Secured, TlsSessionError> => {
-  const chain = peerChain(socket)
-  const peer = chain[0]
-  // crlStale: warn with a stale CRL: Sleeve applies the CRLs itself, on the verified chain only.
+  const seen = presented(socket)
+  // crlStale: warn with a stale CRL: Sleeve applies the CRLs itself, on the verified chain only,
+  // at every handshake (before and apart from the decision cache).
   if (material.revocation === "sleeve" && socket.authorized) {
+    const chain = seen.chain()
+    const peer = chain[0]
     const verdict = staleCrlVerdict(chain, material)
     if (verdict !== undefined) {
       ctx.metrics.handshakeFailed(ctx.listener, role, verdict.reason)
@@ -167,11 +201,8 @@ const judge = (
       return Result.fail(new TlsSessionError({ reason: verdict.reason, message: verdict.detail }))
     }
   }
-  const decision = CorePolicy.authorize(material.config, {
-    chain,
-    verified: socket.authorized,
-    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError)
-  })
+  const decision = cacheOf(material).authorize(seen)
+  const peer = decision.peer
   if (decision._tag === "Deny") {
     const reason = denyReason(decision)
     ctx.metrics.handshakeFailed(ctx.listener, role, reason)
@@ -184,7 +215,7 @@ const judge = (
       reason,
       detail: decision.detail,
       ...(decision.reason === "unverified" && decision.verifyError !== undefined ? { code: decision.verifyError } : {}),
-      ...(reason === "revoked" ? revokedFields(chain, material) : {}),
+      ...(reason === "revoked" ? revokedFields(seen.chain(), material) : {}),
       ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString }),
       ...(decision.nearest === undefined ? {} : { nearestAuthorized: formatNearest(decision.nearest) })
     })
@@ -295,7 +326,7 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
   engine.on("tlsClientError", (err: Error & { code?: string }, t: Tls.TLSSocket) =>
     settle(t, (p) => {
       // The peer's chain, read before the socket goes: it names a revoked certificate in the log.
-      const chain = String(t.authorizationError) === "CERT_REVOKED" ? peerChain(t) : []
+      const chain = String(t.authorizationError) === "CERT_REVOKED" ? presented(t).chain() : []
       // Node does not close the socket on a handshake timeout; we do, for every failure.
       t.destroy()
       // When OpenSSL rejected the peer's chain, the verify code says why better than the reset.
@@ -411,7 +442,7 @@ export const connectClient = (
     socket.once("error", (err: Error & { code?: string }) => {
       const reason = Metrics.classifyTlsError(err)
       // Node rejects the server's chain after the handshake, so the chain is still readable here.
-      const fields = reason === "revoked" && !done ? revokedFields(peerChain(socket), material) : {}
+      const fields = reason === "revoked" && !done ? revokedFields(presented(socket).chain(), material) : {}
       socket.destroy()
       if (done) return
       finish(Result.fail(failed("client", material, ctx, reason, err, fields)))
