@@ -115,6 +115,20 @@ const cacheOf = (material: TlsMaterial.Material): CorePolicy.DecisionCache => {
   return cache
 }
 
+/**
+ * The client role's SecureContext, one per activated material (a reload activates new material,
+ * so a new context). The server role's lives in its engine's `tls.Server`, also one per material.
+ */
+const secureContexts = new WeakMap<TlsMaterial.Material, Tls.SecureContext>()
+const secureContextOf = (material: TlsMaterial.Material): Tls.SecureContext => {
+  let context = secureContexts.get(material)
+  if (context === undefined) {
+    context = Tls.createSecureContext(material.secureContextOptions)
+    secureContexts.set(material, context)
+  }
+  return context
+}
+
 // ---------------------------------------------------------------------------------------------
 // Revocation (issue 13 §2)
 // ---------------------------------------------------------------------------------------------
@@ -409,7 +423,9 @@ export const connectClient = (
     const name = options.serverName
     const connectOptions: Tls.ConnectionOptions = {
       socket: raw,
-      ...material.secureContextOptions,
+      // Built once per material: without it tls.connect builds a SecureContext (parses the CA
+      // file, the certificate and the key) for every connection.
+      secureContext: secureContextOf(material),
       ...(name !== undefined && Net.isIP(name) === 0 ? { servername: name } : {}),
       ...(name === undefined ? {} : { host: name }),
       // With a crlFile, as on the server side: `judge` refuses an unverified server (chain,

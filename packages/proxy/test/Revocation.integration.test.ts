@@ -183,8 +183,8 @@ describe("terminate: a revoked client certificate", () => {
 })
 
 describe("originate: a revoked server certificate", () => {
-  const sServer = async (server: TestPki.Identity) => {
-    const port = await freePort()
+  const sServer = async (server: TestPki.Identity, port?: number) => {
+    port ??= await freePort()
     const d = Process.startDaemon("openssl", [
       "s_server",
       "-accept",
@@ -239,6 +239,33 @@ listeners:
     assert.strictEqual(e.revokedSerial, id["revoked-server"]!.x509.serialNumber.toUpperCase())
     assert.strictEqual(e.revokedIssuer, "CN=Revocation Root,O=Sleeve Test")
   })
+  it("a reloaded CRL reaches the client role: a server served before is refused after the reload", async () => {
+    // The client role's SecureContext (CA and CRLs) is built once per activated material.
+    const file = join(pki.dir, "originate-current.crl.pem")
+    copyFileSync((await pki.crl(root, { name: "originate-clean" })).file, file)
+    const revokes = await pki.crl(root, { name: "originate-revokes-good", revoked: [id["good-server"]!] })
+    const first = await sServer(id["good-server"]!)
+    const p = await start(`tls:
+  back:
+    type: client
+    caFile: ${root.certFile}
+    crlFile: ${file}
+listeners:
+  - { name: back, mode: originate, listen: "127.0.0.1:0", target: "127.0.0.1:${first.port}", serverName: localhost, tls: back }
+`)
+    assert.include(await talk(p.port("back")), "setanigiro eveels")
+    await first.daemon.exited
+    await sServer(id["good-server"]!, first.port)
+    assert.include(await talk(p.port("back")), "setanigiro eveels", "served twice under the same material")
+    await p.counted(MetricName.handshakesTotal, { listener: "back", role: "client", result: "ok" }, 2)
+
+    copyFileSync(revokes.file, file)
+    await p.running.reload(Result.getOrThrow(ProxyRuntime.activate(p.file)))
+    await sServer(id["good-server"]!, first.port)
+    assert.strictEqual(await talk(p.port("back")), "")
+    await p.counted(MetricName.handshakeFailuresTotal, { listener: "back", role: "client", reason: "revoked" }, 1)
+  })
+
   it("still verifies the host name with a crlFile (the verdict is judged after the handshake)", async () => {
     const good = await sServer(id["good-server"]!)
     const p = await originate(good.port, "other.example.com")
