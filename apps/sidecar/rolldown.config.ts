@@ -19,6 +19,7 @@
 import { builtinModules } from "node:module"
 import { fileURLToPath } from "node:url"
 import { type BuildOptions, defineConfig, type Plugin } from "rolldown"
+import * as NodeFlags from "./src/NodeFlags.ts"
 
 /** Paths from this file, so that the build is the same from any working directory. */
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
@@ -91,7 +92,8 @@ export const options: BuildOptions = {
     cleanDir: true,
     entryFileNames: "[name].js",
     chunkFileNames: "[name]-[hash].js",
-    banner: (chunk) => (chunk.isEntry ? "#!/usr/bin/env node" : "")
+    // `#!/usr/bin/env -S node <V8 flags>`: the launcher of every installation (src/NodeFlags.ts).
+    banner: (chunk) => (chunk.isEntry && chunk.name === "main" ? NodeFlags.shebang : "")
   }
 }
 

@@ -293,4 +293,98 @@ describe("PeerPolicy.authorize", () => {
       ).toMatchObject({ reason: "no_certificate" })
     })
   })
+
+  describe("the decision cache (per verified chain, fail closed)", () => {
+    /** A presentation of `chain` that counts how often the chain had to be parsed. */
+    const presenting = (
+      chain: ReadonlyArray<Certificate.Certificate>,
+      observed: { readonly verified: boolean; readonly verifyError?: string } = { verified: true }
+    ) => {
+      const parses = { count: 0 }
+      const presented: PeerPolicy.Presented = {
+        verified: observed.verified,
+        verifyError: observed.verifyError,
+        fingerprints: chain.map((c) => c.fingerprint256),
+        chain: () => {
+          parses.count++
+          return chain
+        }
+      }
+      return { presented, parses }
+    }
+    const allowNode2 = () => config({ authorizedPeers: ["CN=node2,OU=Mirror,O=Example Corp"] })
+
+    it("a verified chain is judged once; the same chain again is answered from the cache", () => {
+      const cache = PeerPolicy.makeCache(allowNode2())
+      const first = presenting([node2, issuing, root])
+      expect(cache.authorize(first.presented)).toEqual({ _tag: "Allow", peer: node2 })
+      const again = presenting([node2, issuing, root])
+      expect(cache.authorize(again.presented)).toEqual({ _tag: "Allow", peer: node2 })
+      expect([first.parses.count, again.parses.count]).toEqual([1, 0])
+      expect(cache.size()).toBe(1)
+    })
+
+    it("never authorizes an unverified chain, even one whose fingerprints were allowed before", () => {
+      const cache = PeerPolicy.makeCache(allowNode2())
+      cache.authorize(presenting([node2, issuing, root]).presented)
+      const forged = presenting([node2, issuing, root], { verified: false, verifyError: "CERT_REVOKED" })
+      expect(cache.authorize(forged.presented)).toMatchObject({
+        _tag: "Deny",
+        reason: "unverified",
+        verifyError: "CERT_REVOKED"
+      })
+      expect(forged.parses.count).toBe(1)
+      // and the unverified verdict is not remembered either
+      expect(cache.size()).toBe(1)
+    })
+
+    it("the chain identity is the whole chain: the same leaf under other certificates is judged afresh", () => {
+      const cache = PeerPolicy.makeCache(config({ verifyDepth: 1 }))
+      // verifyDepth 1: node2 under one intermediate passes; the same leaf under two does not
+      expect(cache.authorize(presenting([node2, issuing, root]).presented)).toMatchObject({ _tag: "Allow" })
+      const longer = presenting([node2, issuing, sub, root])
+      expect(cache.authorize(longer.presented)).toMatchObject({ _tag: "Deny", reason: "depth" })
+      expect(longer.parses.count).toBe(1)
+    })
+
+    it("a verified peer that is denied stays denied from the cache", () => {
+      const cache = PeerPolicy.makeCache(allowNode2())
+      expect(cache.authorize(presenting([deep, sub, issuing, root]).presented)).toMatchObject({
+        reason: "dn_not_authorized"
+      })
+      const again = presenting([deep, sub, issuing, root])
+      expect(cache.authorize(again.presented)).toMatchObject({ _tag: "Deny", reason: "dn_not_authorized" })
+      expect(again.parses.count).toBe(0)
+    })
+
+    it("a reload's configuration starts from an empty cache: a peer removed from authorizedPeers is denied", () => {
+      const before = PeerPolicy.makeCache(allowNode2())
+      expect(before.authorize(presenting([node2, issuing, root]).presented)).toMatchObject({ _tag: "Allow" })
+      const after = PeerPolicy.makeCache(config({ authorizedPeers: ["CN=node3,O=Example Corp"] }))
+      expect(after.authorize(presenting([node2, issuing, root]).presented)).toMatchObject({
+        _tag: "Deny",
+        reason: "dn_not_authorized"
+      })
+    })
+
+    it("no certificate is never cached and still denied under verifyPeer: require", () => {
+      const cache = PeerPolicy.makeCache(config())
+      expect(cache.authorize(presenting([]).presented)).toMatchObject({ reason: "no_certificate" })
+      expect(cache.size()).toBe(0)
+    })
+
+    it("holds at most maxEntries chains, dropping the oldest", () => {
+      const cache = PeerPolicy.makeCache(config(), { maxEntries: 2 })
+      cache.authorize(presenting([node2, issuing, root]).presented)
+      cache.authorize(presenting([deep, sub, issuing, root]).presented)
+      cache.authorize(presenting([trusted, issuing, root]).presented)
+      expect(cache.size()).toBe(2)
+      const oldest = presenting([node2, issuing, root])
+      cache.authorize(oldest.presented)
+      expect(oldest.parses.count).toBe(1)
+      const newest = presenting([trusted, issuing, root])
+      cache.authorize(newest.presented)
+      expect(newest.parses.count).toBe(0)
+    })
+  })
 })

@@ -124,6 +124,22 @@ export const makeFromFile = (
   const metrics = deps.metrics ?? Metrics.makeNoop()
   const log = deps.log ?? (() => {})
   const cache = new Map<string, TlsMaterial.Material>()
+  // One server engine (a tls.Server, so one SecureContext) per material and handshake timeout,
+  // not one per upgraded socket.
+  const engines = new WeakMap<TlsMaterial.Material, Map<number, TlsSession.ServerEngine>>()
+  const engineOf = (m: TlsMaterial.Material, handshakeTimeoutMs: number): TlsSession.ServerEngine => {
+    let byTimeout = engines.get(m)
+    if (byTimeout === undefined) {
+      byTimeout = new Map()
+      engines.set(m, byTimeout)
+    }
+    let engine = byTimeout.get(handshakeTimeoutMs)
+    if (engine === undefined) {
+      engine = TlsSession.makeServerEngine(m, handshakeTimeoutMs)
+      byTimeout.set(handshakeTimeoutMs, engine)
+    }
+    return engine
+  }
 
   const material = (name: string, type: "server" | "client", options: VerbOptions) =>
     Effect.suspend(() => {
@@ -186,9 +202,7 @@ export const makeFromFile = (
     upgradeServer: (socket, name, options = {}) =>
       Effect.flatMap(material(name, "server", options), (m) =>
         Effect.flatMap(
-          Effect.promise(() =>
-            TlsSession.makeServerEngine(m, options.handshakeTimeoutMs ?? 10_000).accept(socket, ctx(options))
-          ),
+          Effect.promise(() => engineOf(m, options.handshakeTimeoutMs ?? 10_000).accept(socket, ctx(options))),
           fromResult
         )
       ),

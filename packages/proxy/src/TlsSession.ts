@@ -66,21 +66,67 @@ const denyReason = (d: Extract<PeerPolicy.Decision, { _tag: "Deny" }>): Metrics.
   }
 }
 
-/** The peer chain as presented, leaf first, parsed by @sleeve/core. */
-const peerChain = (socket: Tls.TLSSocket): ReadonlyArray<Certificate.Certificate> => {
-  const chain: Array<Certificate.Certificate> = []
+/**
+ * What the handshake showed of the peer: the chain as Node reports it, leaf first, identified by
+ * the fingerprints OpenSSL computed, and parsed by @sleeve/core only when the decision cache
+ * has not judged this chain before.
+ */
+const presented = (socket: Tls.TLSSocket): CorePolicy.Presented => {
+  const raws: Array<Buffer> = []
+  const fingerprints: Array<string> = []
   // null (not {}) once the socket has lost its handle, e.g. in a late error handler.
   let c: Tls.DetailedPeerCertificate | undefined =
     (socket.getPeerCertificate(true) as Tls.DetailedPeerCertificate | null) ?? undefined
-  const seen = new Set<string>()
-  while (c !== undefined && c.raw !== undefined && !seen.has(c.fingerprint256)) {
-    seen.add(c.fingerprint256)
-    const parsed = Certificate.fromDer(c.raw)
-    if (Result.isFailure(parsed)) break
-    chain.push(parsed.success)
+  while (c !== undefined && c.raw !== undefined && !fingerprints.includes(c.fingerprint256)) {
+    fingerprints.push(c.fingerprint256)
+    raws.push(c.raw)
     c = c.issuerCertificate === c ? undefined : c.issuerCertificate
   }
-  return chain
+  let chain: ReadonlyArray<Certificate.Certificate> | undefined
+  return {
+    verified: socket.authorized,
+    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError),
+    fingerprints,
+    chain: () => {
+      if (chain !== undefined) return chain
+      const parsed: Array<Certificate.Certificate> = []
+      for (const raw of raws) {
+        const r = Certificate.fromDer(raw)
+        if (Result.isFailure(r)) break
+        parsed.push(r.success)
+      }
+      chain = parsed
+      return parsed
+    }
+  }
+}
+
+/**
+ * One decision cache per activated material: a reload activates new material, so a new cache
+ * (PeerPolicy.makeCache: only verified chains are remembered).
+ */
+const caches = new WeakMap<TlsMaterial.Material, CorePolicy.DecisionCache>()
+const cacheOf = (material: TlsMaterial.Material): CorePolicy.DecisionCache => {
+  let cache = caches.get(material)
+  if (cache === undefined) {
+    cache = CorePolicy.makeCache(material.config)
+    caches.set(material, cache)
+  }
+  return cache
+}
+
+/**
+ * The client role's SecureContext, one per activated material (a reload activates new material,
+ * so a new context). The server role's lives in its engine's `tls.Server`, also one per material.
+ */
+const secureContexts = new WeakMap<TlsMaterial.Material, Tls.SecureContext>()
+const secureContextOf = (material: TlsMaterial.Material): Tls.SecureContext => {
+  let context = secureContexts.get(material)
+  if (context === undefined) {
+    context = Tls.createSecureContext(material.secureContextOptions)
+    secureContexts.set(material, context)
+  }
+  return context
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,10 +192,12 @@ const judge = (
   ctx: SessionContext,
   startedAt: number
 ): Result.Result<Secured, TlsSessionError> => {
-  const chain = peerChain(socket)
-  const peer = chain[0]
-  // crlStale: warn with a stale CRL: Sleeve applies the CRLs itself, on the verified chain only.
+  const seen = presented(socket)
+  // crlStale: warn with a stale CRL: Sleeve applies the CRLs itself, on the verified chain only,
+  // at every handshake (before and apart from the decision cache).
   if (material.revocation === "sleeve" && socket.authorized) {
+    const chain = seen.chain()
+    const peer = chain[0]
     const verdict = staleCrlVerdict(chain, material)
     if (verdict !== undefined) {
       ctx.metrics.handshakeFailed(ctx.listener, role, verdict.reason)
@@ -167,11 +215,8 @@ const judge = (
       return Result.fail(new TlsSessionError({ reason: verdict.reason, message: verdict.detail }))
     }
   }
-  const decision = CorePolicy.authorize(material.config, {
-    chain,
-    verified: socket.authorized,
-    verifyError: socket.authorizationError === null ? undefined : String(socket.authorizationError)
-  })
+  const decision = cacheOf(material).authorize(seen)
+  const peer = decision.peer
   if (decision._tag === "Deny") {
     const reason = denyReason(decision)
     ctx.metrics.handshakeFailed(ctx.listener, role, reason)
@@ -184,7 +229,7 @@ const judge = (
       reason,
       detail: decision.detail,
       ...(decision.reason === "unverified" && decision.verifyError !== undefined ? { code: decision.verifyError } : {}),
-      ...(reason === "revoked" ? revokedFields(chain, material) : {}),
+      ...(reason === "revoked" ? revokedFields(seen.chain(), material) : {}),
       ...(peer === undefined ? {} : { peerSubject: peer.subjectString, peerIssuer: peer.issuerString }),
       ...(decision.nearest === undefined ? {} : { nearestAuthorized: formatNearest(decision.nearest) })
     })
@@ -295,7 +340,7 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
   engine.on("tlsClientError", (err: Error & { code?: string }, t: Tls.TLSSocket) =>
     settle(t, (p) => {
       // The peer's chain, read before the socket goes: it names a revoked certificate in the log.
-      const chain = String(t.authorizationError) === "CERT_REVOKED" ? peerChain(t) : []
+      const chain = String(t.authorizationError) === "CERT_REVOKED" ? presented(t).chain() : []
       // Node does not close the socket on a handshake timeout; we do, for every failure.
       t.destroy()
       // When OpenSSL rejected the peer's chain, the verify code says why better than the reset.
@@ -399,7 +444,9 @@ export const connectClient = (
     const name = options.serverName
     const connectOptions: Tls.ConnectionOptions = {
       socket: raw,
-      ...material.secureContextOptions,
+      // Built once per material: without it tls.connect builds a SecureContext (parses the CA
+      // file, the certificate and the key) for every connection.
+      secureContext: secureContextOf(material),
       ...(name !== undefined && Net.isIP(name) === 0 ? { servername: name } : {}),
       ...(name === undefined ? {} : { host: name }),
       // With a crlFile, as on the server side: `judge` refuses an unverified server (chain,
@@ -432,7 +479,7 @@ export const connectClient = (
     const onError = (err: Error & { code?: string }) => {
       const reason = Metrics.classifyTlsError(err)
       // Node rejects the server's chain after the handshake, so the chain is still readable here.
-      const fields = reason === "revoked" && !done ? revokedFields(peerChain(socket), material) : {}
+      const fields = reason === "revoked" && !done ? revokedFields(presented(socket).chain(), material) : {}
       socket.destroy()
       if (done) return
       finish(Result.fail(failed("client", material, ctx, reason, err, fields)))

@@ -7,7 +7,10 @@
  * - a stale CRL fails closed by default (`crlStale: reject`): every covered peer is refused with
  *   reason `crl_unavailable`; with `crlStale: warn` good peers are served and revoked ones are
  *   still refused, by Sleeve;
- * - the whole chain is checked: a CA certificate revoked by its root refuses its leaves.
+ * - the whole chain is checked: a CA certificate revoked by its root refuses its leaves;
+ * - the decision remembered for a peer (PeerPolicy.makeCache) never outlives the CRL it was taken
+ *   under: a client served twice is refused once a reloaded CRL revokes it, by OpenSSL and, with a
+ *   stale CRL and `crlStale: warn`, by Sleeve, and served again once a CRL no longer lists it.
  *
  * Each refusal is asserted at the peer (no application byte), in the counters
  * (`sleeve_tls_handshake_failures_total{reason}`) and in the log (once, with the revoked
@@ -19,9 +22,11 @@ import { freePort } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { eventually } from "@sleeve/testing/Wait"
-import { writeFileSync } from "node:fs"
+import { Result } from "effect"
+import { copyFileSync, writeFileSync } from "node:fs"
 import * as Net from "node:net"
 import { join } from "node:path"
+import * as ProxyRuntime from "../src/ProxyRuntime.ts"
 import * as ProxyUnderTest from "./support/ProxyUnderTest.ts"
 
 const DAY = 86_400_000
@@ -178,8 +183,8 @@ describe("terminate: a revoked client certificate", () => {
 })
 
 describe("originate: a revoked server certificate", () => {
-  const sServer = async (server: TestPki.Identity) => {
-    const port = await freePort()
+  const sServer = async (server: TestPki.Identity, port?: number) => {
+    port ??= await freePort()
     const d = Process.startDaemon("openssl", [
       "s_server",
       "-accept",
@@ -234,6 +239,33 @@ listeners:
     assert.strictEqual(e.revokedSerial, id["revoked-server"]!.x509.serialNumber.toUpperCase())
     assert.strictEqual(e.revokedIssuer, "CN=Revocation Root,O=Sleeve Test")
   })
+  it("a reloaded CRL reaches the client role: a server served before is refused after the reload", async () => {
+    // The client role's SecureContext (CA and CRLs) is built once per activated material.
+    const file = join(pki.dir, "originate-current.crl.pem")
+    copyFileSync((await pki.crl(root, { name: "originate-clean" })).file, file)
+    const revokes = await pki.crl(root, { name: "originate-revokes-good", revoked: [id["good-server"]!] })
+    const first = await sServer(id["good-server"]!)
+    const p = await start(`tls:
+  back:
+    type: client
+    caFile: ${root.certFile}
+    crlFile: ${file}
+listeners:
+  - { name: back, mode: originate, listen: "127.0.0.1:0", target: "127.0.0.1:${first.port}", serverName: localhost, tls: back }
+`)
+    assert.include(await talk(p.port("back")), "setanigiro eveels")
+    await first.daemon.exited
+    await sServer(id["good-server"]!, first.port)
+    assert.include(await talk(p.port("back")), "setanigiro eveels", "served twice under the same material")
+    await p.counted(MetricName.handshakesTotal, { listener: "back", role: "client", result: "ok" }, 2)
+
+    copyFileSync(revokes.file, file)
+    await p.running.reload(Result.getOrThrow(ProxyRuntime.activate(p.file)))
+    await sServer(id["good-server"]!, first.port)
+    assert.strictEqual(await talk(p.port("back")), "")
+    await p.counted(MetricName.handshakeFailuresTotal, { listener: "back", role: "client", reason: "revoked" }, 1)
+  })
+
   it("still verifies the host name with a crlFile (the verdict is judged after the handshake)", async () => {
     const good = await sServer(id["good-server"]!)
     const p = await originate(good.port, "other.example.com")
@@ -289,5 +321,56 @@ describe("a stale CRL (past its nextUpdate)", () => {
     assert.strictEqual(e.revokedSerial, id["revoked-client"]!.x509.serialNumber.toUpperCase())
     assert.strictEqual(e.revokedIssuer, "CN=Revocation Root,O=Sleeve Test")
     assert.strictEqual(appConnections - before, 1)
+  })
+})
+
+describe("the remembered peer decision and a CRL change", () => {
+  it("a client served twice is refused once a reloaded CRL revokes it, and served again once none does", async () => {
+    const file = join(pki.dir, "cache-current.crl.pem")
+    const clean = await pki.crl(root, { name: "cache-clean" })
+    const revokesGood = await pki.crl(root, { name: "cache-revokes-good", revoked: [id["good-client"]!] })
+    const staleRevokesGood = await pki.crl(root, {
+      name: "cache-stale-revokes-good",
+      revoked: [id["good-client"]!],
+      thisUpdate: new Date(Date.now() - 2 * DAY),
+      nextUpdate: new Date(Date.now() - DAY)
+    })
+    copyFileSync(clean.file, file)
+    const p = await terminate(file, "    crlStale: warn\n")
+    const reload = async (crlFile: string, revocation: "openssl" | "sleeve") => {
+      copyFileSync(crlFile, file)
+      await p.running.reload(Result.getOrThrow(ProxyRuntime.activate(p.file)))
+      assert.strictEqual(p.running.current().materials.get("front")?.revocation, revocation)
+    }
+    const before = appConnections
+    // Twice under the same material: the second handshake is judged from the decision cache.
+    assert.include(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    assert.include(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    await p.counted(MetricName.handshakesTotal, { listener: "front", result: "ok" }, 2)
+
+    // The CA revokes it: OpenSSL refuses it under the new material.
+    await reload(revokesGood.file, "openssl")
+    assert.notInclude(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    await p.counted(MetricName.handshakeFailuresTotal, { listener: "front", reason: "revoked" }, 1)
+
+    // Back to a clean CRL, served and remembered again; then a stale CRL that lists it, with
+    // crlStale: warn: Sleeve applies the CRL itself and refuses it, the allowed decision
+    // remembered before notwithstanding.
+    await reload(clean.file, "openssl")
+    assert.include(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    await reload(staleRevokesGood.file, "sleeve")
+    assert.notInclude(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    await p.counted(MetricName.handshakeFailuresTotal, { listener: "front", reason: "revoked" }, 2)
+    await eventually("Sleeve's own refusal is logged", () =>
+      p.events().some((e) => e.event === "peer_rejected" && e.reason === "revoked")
+    )
+    const sleeveRefusal = p.events().find((e) => e.event === "peer_rejected" && e.reason === "revoked")!
+    assert.strictEqual(sleeveRefusal.revokedSerial, id["good-client"]!.x509.serialNumber.toUpperCase())
+
+    // And with a clean CRL once more it is served: no refusal was remembered either.
+    await reload(clean.file, "openssl")
+    assert.include(await sClient(p.port("front"), id["good-client"]!), "ping through sleeve")
+    await p.counted(MetricName.handshakesTotal, { listener: "front", result: "ok" }, 4)
+    assert.strictEqual(appConnections - before, 4)
   })
 })

@@ -12,11 +12,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { existsSync } from "node:fs"
-import { cp, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
+import { chmod, cp, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises"
 import { isBuiltin } from "node:module"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { readyLine } from "../../src/Demo.ts"
+import * as NodeFlags from "../../src/NodeFlags.ts"
 import { appDir, lines, node, nodeBinDir, run, stopWhenReady } from "../support/Sleeve.ts"
 
 let pki: TestPki.TestPki
@@ -111,7 +112,18 @@ describe("bundle (dist/main.js and its chunks)", { timeout: 90_000 }, () => {
     }
     expect(above).toEqual([])
 
+    // The launcher: `#!/usr/bin/env -S node <V8 flags>` (src/NodeFlags.ts), and it runs as such.
+    expect((await readFile(main, "utf8")).split("\n", 1)[0]).toBe(NodeFlags.shebang)
+    expect(NodeFlags.shebang).toMatch(
+      /^#!\/usr\/bin\/env -S node --max-semi-space-size=\d+ --initial-old-space-size=\d+$/
+    )
+    await chmod(main, 0o755)
+    const direct = await run(main, ["--version"], {
+      cwd: appFolder,
+      env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` }
+    })
     const pkg = JSON.parse(await readFile(join(appDir, "package.json"), "utf8")) as { version: string }
+    expect(direct).toMatchObject({ code: 0, stdout: `sleeve ${pkg.version}\n`, stderr: "" })
     const [version, dn, check, checkNoPassword, checkCrl, demo] = await Promise.all([
       run(node, [main, "--version"], { cwd: appFolder }),
       run(node, [main, "dn", "--all", "node.chain.pem"], { cwd: pki.dir }),

@@ -9,7 +9,9 @@
  * runs as written with npm's prefix at `<root>/usr/local`, and the result is run as uid 65532
  * (when the test runs as root) with the image's PATH, ENTRYPOINT, CMD and ENV: `--version`,
  * `check`, then `run` until ready, the HEALTHCHECK command (failing before the endpoint is up,
- * passing after), and STOPSIGNAL, which must end it with exit code 0.
+ * passing after), and STOPSIGNAL, which must end it with exit code 0. The ENTRYPOINT's `sleeve`
+ * runs through the artefact's shebang, so the running process has the V8 flags of
+ * src/NodeFlags.ts on its command line.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { defaults } from "@sleeve/core/ConfigFile"
@@ -21,6 +23,7 @@ import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/
 import { tmpdir } from "node:os"
 import { join, posix } from "node:path"
 import * as Yaml from "yaml"
+import * as NodeFlags from "../../src/NodeFlags.ts"
 import { type Packed, packed, pnpmCommand, tarballName, userEnv } from "../support/Pack.ts"
 import { appDir, childEnv, node, type Ran, repoRoot } from "../support/Sleeve.ts"
 
@@ -275,6 +278,9 @@ admin:
     })
     try {
       await daemon.waitForOutput('"event":"ready"', { timeoutMs: 20_000 })
+      // ENTRYPOINT's `sleeve` is the npm link to dist/main.js: its shebang gave node the V8 flags.
+      const argv = (await readFile(`/proc/${daemon.child.pid}/cmdline`, "utf8")).split("\0").slice(0, -1)
+      expect(argv).toEqual(["node", ...NodeFlags.v8Flags, join(usrLocal, "bin/sleeve"), ...command])
       if (asUser.uid !== undefined) {
         const status = await readFile(`/proc/${daemon.child.pid}/status`, "utf8")
         expect(/^Uid:\s+(\d+)/m.exec(status)?.[1]).toBe(String(uid))

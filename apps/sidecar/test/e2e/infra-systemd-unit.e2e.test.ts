@@ -18,6 +18,9 @@
  *   the unit's `SystemCallFilter=` allows and opens only socket families its
  *   `RestrictAddressFamilies=` allows, and V8 does map writable+executable memory (why
  *   `MemoryDenyWriteExecute` stays off). The wait-ready drop-in's command waits for that sidecar.
+ *   It is started as ExecStart starts it, through the artefact's own file: its shebang
+ *   (`#!/usr/bin/env -S node <V8 flags>`, src/NodeFlags.ts) runs env, which runs node with the
+ *   V8 flags, and both are traced.
  *
  * Without systemd-analyze or strace the suite fails, naming the package; it never skips.
  */
@@ -30,8 +33,9 @@ import * as Net from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { request } from "undici"
+import * as NodeFlags from "../../src/NodeFlags.ts"
 import { startDaemon } from "../support/Prometheus.ts"
-import { main, node, repoRoot, run } from "../support/Sleeve.ts"
+import { fromSource, main, node, nodeBinDir, repoRoot, run } from "../support/Sleeve.ts"
 import { exchange } from "../support/TlsClient.ts"
 
 const unitFile = join(repoRoot, "infra/systemd/sleeve.service")
@@ -326,10 +330,14 @@ listeners:
 `
     )
     const trace = join(pki.dir, "strace.txt")
+    // As ExecStart runs /usr/local/bin/sleeve (npm's link to dist/main.js, made executable by
+    // npm): the file itself, so its shebang's env and node are traced (the sources: node main.ts).
+    if (!fromSource) await chmod(main, 0o755)
+    const launch = fromSource ? [node, main] : [main]
     const daemon = startDaemon(
       "strace",
-      ["-f", "-qq", "-o", trace, node, main, "run", "--config", join(pki.dir, "sleeve.yaml")],
-      { cwd: pki.dir }
+      ["-f", "-qq", "-o", trace, ...launch, "run", "--config", join(pki.dir, "sleeve.yaml")],
+      { cwd: pki.dir, env: { PATH: `${nodeBinDir}:${process.env.PATH ?? ""}` } }
     )
     try {
       const readyLine = await daemon.waitForOutput(/"event":"ready".*\n/, { timeoutMs: 60_000 }).catch((e) => {
@@ -346,6 +354,10 @@ listeners:
         (await readFile(`/proc/${daemon.child.pid}/task/${daemon.child.pid}/children`, "utf8")).trim().split(" ")[0]
       )
       expect(sleevePid).toBeGreaterThan(0)
+      if (!fromSource) {
+        const argv = (await readFile(`/proc/${sleevePid}/cmdline`, "utf8")).split("\0").slice(0, -1)
+        expect(argv).toEqual(["node", ...NodeFlags.v8Flags, main, "run", "--config", join(pki.dir, "sleeve.yaml")])
+      }
 
       // wait-ready.conf's command, pointed at this sidecar's admin endpoint.
       const waitReady = parseUnit(await readFile(join(dropInDir, "wait-ready.conf"), "utf8"))

@@ -4,16 +4,19 @@
  * dependencies; installed into a temporary prefix, `sleeve` is on PATH and, on the repository's
  * Node 24 and on the `engines` floor (Node 22.19.0), prints its version, a certificate's DN,
  * checks a configuration, and runs: one real mutual-TLS connection goes through a `terminate`
- * listener to a plaintext echo application, and SIGTERM ends it with exit code 0.
+ * listener to a plaintext echo application, and SIGTERM ends it with exit code 0. npm's bin link
+ * is a symlink to `dist/main.js`, so its shebang (`#!/usr/bin/env -S node <V8 flags>`,
+ * src/NodeFlags.ts) is the launcher: the running `sleeve` has the V8 flags on its command line.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { existsSync, realpathSync } from "node:fs"
-import { mkdtemp, rm } from "node:fs/promises"
+import { mkdtemp, readFile, rm } from "node:fs/promises"
 import * as Net from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
+import * as NodeFlags from "../../src/NodeFlags.ts"
 import {
   hasFloorNode,
   manifest,
@@ -119,6 +122,9 @@ const runsEverywhere = async (nodeBin: string, nodeVersion: string) => {
   })
   try {
     await daemon.waitForOutput('"event":"ready"', { timeoutMs: 30_000 })
+    // The shebang's `env -S` handed the V8 flags to node: they are on the process's command line.
+    const argv = (await readFile(`/proc/${daemon.child.pid}/cmdline`, "utf8")).split("\0").slice(0, -1)
+    expect(argv).toEqual(["node", ...NodeFlags.v8Flags, join(prefix, "bin/sleeve"), "run", "-c", configFile])
     const listening = daemon
       .stdout()
       .split("\n")
@@ -155,7 +161,9 @@ describe("npm install -g @sleeve/sidecar", { timeout: 180_000 }, () => {
     expect(published.dependencies).toBeUndefined()
     expect(published.private).toBeUndefined()
     expect(published.engines).toEqual({ node: ">=22.19.0" })
-    expect((await tarFile(tgz, "package/dist/main.js")).startsWith("#!/usr/bin/env node\n")).toBe(true)
+    const shebang = (await tarFile(tgz, "package/dist/main.js")).split("\n", 1)[0]
+    expect(shebang).toBe(NodeFlags.shebang)
+    expect(shebang).toBe("#!/usr/bin/env -S node --max-semi-space-size=2 --initial-old-space-size=128")
     // installed: the bundle and nothing else, nowhere to fall back on
     const installed = join(prefix, "lib/node_modules/@sleeve/sidecar")
     expect(realpathSync(join(prefix, "bin/sleeve"))).toBe(join(installed, "dist/main.js"))
