@@ -144,5 +144,5 @@ describe("TlsConfigs (library verbs)", () => {
       "upgraded: TLSv1.3, server certificate line-server",
       "server says: secure echo: ping"
     ])
-  })
+  }, 40_000)
 })
