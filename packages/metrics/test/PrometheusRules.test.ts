@@ -42,7 +42,9 @@ const alertNames = [
 const metricNamesIn = (text: string): ReadonlySet<string> =>
   new Set([...text.matchAll(/\bsleeve_[a-z0-9_]+/g)].map(([name]) => name.replace(/_(bucket|sum|count)$/, "")))
 
-describe("Prometheus alert rules", () => {
+// promtool takes seconds (4.5 s for `test rules` alone on the 2-core machine): the runner's
+// default 5 s timeout is too short under load; promtool's own run is bounded at 60 s.
+describe("Prometheus alert rules", { timeout: 90_000 }, () => {
   it("promtool check rules accepts the rules file", () => {
     const { status, output } = promtool("check", "rules", rulesFile)
     assert.strictEqual(status, 0, output)
