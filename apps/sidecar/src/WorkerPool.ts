@@ -99,6 +99,8 @@ interface Slot {
   quickFailures: number
   timer: NodeJS.Timeout | undefined
   readonly pending: Map<number, (reply: Workers.FromWorker | undefined) => void>
+  /** The last metrics this slot's current process sent (by pid), for a scrape it is too busy to answer. */
+  lastMetrics: { readonly pid: number | undefined; readonly metrics: Metrics.MetricsJson } | undefined
 }
 
 /** Sums listener snapshots of the same listener over the workers. */
@@ -165,7 +167,8 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
     restarts: 0,
     quickFailures: 0,
     timer: undefined,
-    pending: new Map()
+    pending: new Map(),
+    lastMetrics: undefined
   }))
   const updateActive = () => workerMetrics.setActive(slots.filter((s) => s.ready).length)
 
@@ -382,13 +385,21 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
       }
     },
     metricsText: async () => {
-      const replies = await Promise.all(
-        live().map((s) => request(s, (id) => ({ type: "sleeve:collect", id, what: "metrics" }), collectTimeoutMs))
+      // A worker too busy to answer within collectTimeoutMs is summed with the last metrics it
+      // sent: leaving it out would make the sidecar's counters go down for that scrape, which
+      // Prometheus reads as a counter reset.
+      const collected = await Promise.all(
+        live().map(async (s) => {
+          const pid = s.worker?.process.pid
+          const r = await request(s, (id) => ({ type: "sleeve:collect", id, what: "metrics" }), collectTimeoutMs)
+          if (r !== undefined && r.type === "sleeve:metrics") {
+            s.lastMetrics = { pid, metrics: r.metrics }
+            return [r.metrics]
+          }
+          return s.lastMetrics !== undefined && s.lastMetrics.pid === pid ? [s.lastMetrics.metrics] : []
+        })
       )
-      return Metrics.aggregateText(
-        metrics.registry,
-        replies.flatMap((r) => (r !== undefined && r.type === "sleeve:metrics" ? [r.metrics] : []))
-      )
+      return Metrics.aggregateText(metrics.registry, collected.flat())
     }
   }
 }

@@ -323,6 +323,23 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
     expect({ code: lint.code, printed: lint.stdout + lint.stderr }).toEqual({ code: 0, printed: "" })
   })
 
+  it("a worker too busy to answer a scrape keeps its share: the summed counters never go down", async () => {
+    const { moved } = await exchangesOnBoth(alice, 4)
+    expect(moved.every((m) => m > 0)).toBe(true)
+    const key = 'sleeve_connections_total{listener="in"}'
+    const before = (await scrape()).get(key) ?? -1
+    expect(before).toBeGreaterThan(0)
+    // A stopped process answers nothing: the scrape waits its collection timeout for it.
+    const stopped = (await fullStatus()).workers[0]!.pid!
+    process.kill(stopped, "SIGSTOP")
+    try {
+      expect((await scrape()).get(key)).toBe(before)
+    } finally {
+      process.kill(stopped, "SIGCONT")
+    }
+    expect((await scrape()).get(key)).toBe(before)
+  })
+
   it("a reload (file watcher, then SIGHUP) reaches every worker: a changed authorizedPeers decides new connections on both", async () => {
     const pids = (await fullStatus()).workers.map((w) => w.pid)
     // From here on the tests expect bob in, alice out.
