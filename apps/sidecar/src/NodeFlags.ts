@@ -5,7 +5,7 @@
  * image's `ENTRYPOINT ["sleeve"]` and the systemd unit's `ExecStart=/usr/local/bin/sleeve` exec
  * it — and the e2e tests that check each of them.
  *
- * Why these flags (measured: bench/figures-hotpath.md, docs/performance.md "What each change
+ * Why these flags (measured: bench/figures/hotpath-session3.md, docs/performance.md "What each change
  * bought"): with V8's defaults, a process that has loaded Sleeve's ~25 MB of code and objects
  * grows its young generation to 16 MiB semi-spaces during start-up and keeps too little old-space
  * headroom, so moving bulk data (every TLS read allocates an ArrayBuffer outside the heap) makes

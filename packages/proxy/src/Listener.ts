@@ -631,7 +631,7 @@ export class RunningListener {
   // Each mode's relay is awaited by an async function that holds only the sockets: a suspended
   // async function keeps every value of its frame, so the handshake's result (the peer's parsed
   // certificate) is produced and consumed in a helper that has returned before the relay starts
-  // (docs/figures-per-connection.md).
+  // (bench/figures/per-connection.md).
 
   async #terminate(live: Live, current: Current): Promise<Outcome> {
     const legs = await this.#terminateLegs(live, current)

@@ -380,7 +380,7 @@ export const makeServerEngine = (material: TlsMaterial.Material, handshakeTimeou
         raw.once("close", onClose)
         // Once settled, the listener goes: it holds `resolve`, hence the settled promise and the
         // peer's parsed certificate, for the whole life of the connection otherwise
-        // (test/Retention.integration.test.ts, docs/figures-per-connection.md).
+        // (test/Retention.integration.test.ts, bench/figures/per-connection.md).
         const settled = (r: Result.Result<Secured, TlsSessionError>) => {
           raw.off("close", onClose)
           resolve(r)

@@ -4,7 +4,7 @@
  * Sleeve used to keep it for the whole life of the connection through two retainers (the
  * handshake's `close` listener, which held the settled promise, and the suspended async
  * function awaiting the relay), ≈5 KiB of JS heap per idle connection
- * (docs/figures-per-connection.md).
+ * (bench/figures/per-connection.md).
  *
  * Measured with real mutual-TLS connections held open through a terminate and an originate
  * listener, counting live `Date` objects with `v8.queryObjects` (which runs a full GC first):
