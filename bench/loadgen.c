@@ -1,9 +1,10 @@
 /*
  * loadgen: the benchmark's load generator and backends, in C with the system OpenSSL, so that
  * the generator is never the bottleneck of a Node proxy's figures. Compiled at run time by
- * bench/generators.ts (gcc -O2 -pthread loadgen.c -lssl -lcrypto). One thread per connection,
- * blocking sockets: simple, and on one pinned core cheap enough (see docs/performance.md, the
- * "no-proxy baseline" column).
+ * bench/generators.ts (gcc -O2 -pthread loadgen.c -lssl -lcrypto). Blocking sockets, one thread
+ * per connection (servers keep a pool of 32 acceptor threads, so that short handshake-only
+ * connections cost no thread creation): simple, and on one pinned core cheap enough (see
+ * docs/performance.md, "Generator headroom").
  *
  * Servers (backends, and the no-proxy baseline endpoint):
  *   loadgen serve PORT [--cert F --key F [--ca F]] [--smtp [--starttls]]
@@ -156,14 +157,37 @@ static int tls_accept(conn_t *c) {
   return SSL_accept(c->ssl) == 1 ? 0 : -1;
 }
 
-static void multi_session(conn_t *c) {
+static void multi_session_run(conn_t *c, const char *line, char *buf);
+static int listener;
+static pthread_attr_t thread_attr;
+static void *acceptor(void *);
+
+/*
+ * Threads: a pool of acceptors, each serving one connection at a time, so that handshake-only
+ * connections cost no thread creation. An acceptor that starts a long session (SINK, SRC, ECHO)
+ * first starts a replacement acceptor and ends when its session does.
+ */
+static int hand_over(void) {
+  pthread_t t;
+  return pthread_create(&t, &thread_attr, acceptor, NULL) == 0;
+}
+
+/* Returns 1 when this thread handed its acceptor role over and must end after the session. */
+static int multi_session(conn_t *c) {
   char line[128];
   static char buf[1 << 16]; /* contents never read: shared scratch is fine */
-  if (cread_line(c, line, sizeof line) <= 0) return;
+  if (cread_line(c, line, sizeof line) <= 0) return 0;
+  int long_session = strncmp(line, "SINK ", 5) == 0 || strncmp(line, "SRC ", 4) == 0 || strcmp(line, "ECHO\n") == 0;
+  if (long_session && !hand_over()) return 0;
+  multi_session_run(c, line, buf);
+  return long_session;
+}
+
+static void multi_session_run(conn_t *c, const char *line, char *buf) {
   if (strncmp(line, "SINK ", 5) == 0) {
     long long left = atoll(line + 5);
     while (left > 0) {
-      int r = cread(c, buf, left < (long long)sizeof buf ? (int)left : (int)sizeof buf);
+      int r = cread(c, buf, left < (1 << 16) ? (int)left : (1 << 16));
       if (r <= 0) return;
       left -= r;
     }
@@ -209,30 +233,11 @@ static void smtp_session(conn_t *c) {
   }
 }
 
-static void *serve_conn(void *arg) {
-  conn_t c = {(int)(intptr_t)arg, NULL};
-  nodelay(c.fd);
-  if (smtp)
-    smtp_session(&c);
-  else if (!ctx || tls_accept(&c) == 0)
-    multi_session(&c);
-  cclose(&c);
-  return NULL;
-}
-
-static int serve(void) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
-  if (listen(ls, 4096) < 0) die("listen");
-  pthread_attr_t at;
-  pthread_attr_init(&at);
-  pthread_attr_setstacksize(&at, 256 * 1024);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+static void *acceptor(void *arg) {
+  (void)arg;
   for (;;) {
-    int fd = accept(ls, NULL, NULL);
-    if (fd < 0) {
+    conn_t c = {accept(listener, NULL, NULL), NULL};
+    if (c.fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EMFILE || errno == ENFILE) {
         usleep(1000);
@@ -240,9 +245,29 @@ static int serve(void) {
       }
       die("accept");
     }
-    pthread_t t;
-    if (pthread_create(&t, &at, serve_conn, (void *)(intptr_t)fd) != 0) close(fd);
+    nodelay(c.fd);
+    int handed_over = 0;
+    if (smtp)
+      smtp_session(&c);
+    else if (!ctx || tls_accept(&c) == 0)
+      handed_over = multi_session(&c);
+    cclose(&c);
+    if (handed_over) return NULL;
   }
+}
+
+static int serve(void) {
+  int one = 1;
+  listener = socket(AF_INET, SOCK_STREAM, 0);
+  setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (bind(listener, (struct sockaddr *)&a, sizeof a) < 0) die("bind");
+  if (listen(listener, 4096) < 0) die("listen");
+  pthread_attr_init(&thread_attr);
+  pthread_attr_setstacksize(&thread_attr, 256 * 1024);
+  pthread_attr_setdetachstate(&thread_attr, PTHREAD_CREATE_DETACHED);
+  for (int i = 0; i < 32; i++) hand_over();
+  pause();
   return 0;
 }
 

@@ -47,6 +47,8 @@ export class Results {
 export interface Params {
   readonly reps: number
   readonly startReps: number
+  /** Repetitions of the idle-connection memory figures (the slowest part: N handshakes each). */
+  readonly memReps: number
   readonly bytes: number
   readonly seconds: number
   readonly hsConns: number
@@ -179,7 +181,7 @@ export const startAndIdle = async (env: Env, contestants: ReadonlyArray<Contesta
 
 /** Fresh process per sample: RSS before and with N idle established TLS connections (ECDSA, terminate). */
 export const memory = async (env: Env, contestants: ReadonlyArray<Contestant>, p: Params, out: Results) => {
-  for (let rep = 0; rep < p.reps; rep++)
+  for (let rep = 0; rep < p.memReps; rep++)
     for (const c of contestants) {
       if (c.kind === "baseline") continue
       const r = await c.start(env, `mem${rep}`)

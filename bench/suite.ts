@@ -29,12 +29,22 @@ const began = Date.now()
 const log = (s: string) => console.error(`[${((Date.now() - began) / 1000).toFixed(0).padStart(4)} s] ${s}`)
 
 const params: M.Params = quick
-  ? { reps: 1, startReps: 1, bytes: 64 * 2 ** 20, seconds: 1, hsConns: 16, holdSteps: [500, 1000], idleSettleMs: 1000 }
+  ? {
+      reps: 1,
+      startReps: 1,
+      memReps: 1,
+      bytes: 64 * 2 ** 20,
+      seconds: 1,
+      hsConns: 16,
+      holdSteps: [500, 1000],
+      idleSettleMs: 1000
+    }
   : {
       reps: 3,
       startReps: 5,
+      memReps: 1,
       bytes: 256 * 2 ** 20,
-      seconds: 3,
+      seconds: 2,
       hsConns: 16,
       holdSteps: [5000, Math.min(10_000, Contestants.MAX_PROXIED)],
       idleSettleMs: 2000
