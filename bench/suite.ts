@@ -18,7 +18,7 @@ import * as Path from "node:path"
 import * as Contestants from "./contestants.ts"
 import * as Gen from "./generators.ts"
 import * as M from "./measurements.ts"
-import { cpusAllowed, LOAD_CPU, PROXY_CPU, sleep, stop, stopAll, waitHttp200, waitListening } from "./procs.ts"
+import { cpusAllowed, LOAD_CPU, PROXY_CPU, stop, stopAll, waitHttp200, waitListening } from "./procs.ts"
 import * as Report from "./report.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
