@@ -132,3 +132,42 @@ export const headroom = (summary: ReadonlyArray<FigureSummary>, contestants: Rea
     ...rows
   ].join("\n")
 }
+
+/** Issue 10's targets for Sleeve, each with its measured figure and whether it is met. */
+export const targets = (summary: ReadonlyArray<FigureSummary>, sleeve = "Sleeve"): string => {
+  const byId = new Map(summary.map((f) => [f.id, f]))
+  const rows: Array<string> = []
+  const absolute = (id: string, target: string, limit: number) => {
+    const v = byId.get(id)?.values[sleeve]
+    if (!v) return
+    const f = byId.get(id)!
+    rows.push(
+      `| ${target} | ${f.label} | **${fmt(v.median)}** ${f.unit} | — | — | ${v.median <= limit ? "met" : `not met (${fmt(v.median - limit)} ${f.unit} over)`} |`
+    )
+  }
+  const relative = (prefix: string, target: string) => {
+    for (const f of summary.filter((x) => x.id.startsWith(prefix))) {
+      const v = f.values[sleeve]
+      if (!v || !f.bestC || v.ratioToBestC === undefined) continue
+      const met = f.better === "higher" ? v.ratioToBestC >= 1 : v.ratioToBestC <= 1
+      rows.push(
+        `| ${target} | ${f.label} | **${fmt(v.median)}** ${f.unit} | ${f.bestC}: ${fmt(f.values[f.bestC]!.median)} | ${v.ratioToBestC.toFixed(2)}× | ${met ? "met" : "not met"} |`
+      )
+    }
+  }
+  absolute("rss-idle", "idle RSS ≤ 60 MiB", 60)
+  absolute("start-ready", "start to /readyz ≤ 300 ms", 300)
+  const conn = summary.filter((f) => f.id.startsWith("conn-")).pop()
+  if (conn) absolute(conn.id, "≤ 20 KiB per idle TLS connection", 20)
+  relative("tput-", "throughput ≥ 1.0× best C peer")
+  relative("cpu-", "CPU-s/GiB ≤ best C peer")
+  relative("hs-ec", "handshakes/s ≥ 1.0× best C peer")
+  relative("hs-rsa", "handshakes/s ≥ 1.0× best C peer")
+  relative("hs-mtls", "handshakes/s ≥ 1.0× best C peer")
+  relative("rr99-", "p99 ≤ best C peer")
+  return [
+    "| target | figure | Sleeve | best C peer | ratio | |",
+    "| --- | --- | --- | --- | --- | --- |",
+    ...rows
+  ].join("\n")
+}

@@ -220,6 +220,10 @@ no-proxy baseline. ↑ higher is better, ↓ lower is better.
 
 ${table}
 
+Issue-10 targets (Sleeve against the best C peer, same run):
+
+${Report.targets(summary)}
+
 Generator headroom (the baseline must be far above every proxy):
 
 ${head}
