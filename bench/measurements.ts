@@ -192,7 +192,8 @@ export const memory = async (env: Env, contestants: ReadonlyArray<Contestant>, p
         await sleep(p.idleSettleMs)
         const rss0 = treeRss(r)
         await Gen.hold(env, r.ports.termEc, p.holdSteps, { tls: true }, async (held, target) => {
-          if (held !== target) throw new Error(`${c.name}: only ${held} of ${target} connections could be held`)
+          const note = held < target ? `only ${held} of ${target} held` : undefined
+          if (note) out.notes.push(`${c.name}: ${note}`)
           await sleep(p.idleSettleMs)
           const rss = treeRss(r)
           const n = target.toLocaleString("en-US")

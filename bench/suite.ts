@@ -220,7 +220,7 @@ no-proxy baseline. ↑ higher is better, ↓ lower is better.
 
 ${table}
 
-Issue-10 targets (Sleeve against the best C peer, same run):
+${results.notes.length ? `Notes: ${results.notes.join("; ")}\n\n` : ""}Issue-10 targets (Sleeve against the best C peer, same run):
 
 ${Report.targets(summary)}
 
