@@ -323,7 +323,7 @@ typedef struct {
 } job_t;
 
 static const char *dir;
-static double deadline;
+static double duration; /* hs, rr: seconds, counted by each thread from the barrier */
 static int rr_size;
 static pthread_barrier_t barrier;
 static conn_t *held;
@@ -367,6 +367,7 @@ static void *hs_job(void *arg) {
   char b[4];
   pthread_barrier_wait(&barrier);
   j->start = now();
+  double deadline = j->start + duration;
   while (now() < deadline) {
     conn_t c;
     if (open_conn(&c) < 0) {
@@ -392,6 +393,7 @@ static void *rr_job(void *arg) {
   int ok = open_conn(&c) == 0 && cputs(&c, "ECHO\n") == 0;
   pthread_barrier_wait(&barrier);
   j->start = now();
+  double deadline = j->start + duration;
   if (!ok) {
     j->errors++;
     return NULL;
@@ -514,7 +516,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(mode, "hs") && npos == 2) {
     int n = atoi(pos[1]);
-    deadline = now() + atof(pos[0]);
+    duration = atof(pos[0]);
     job_t *jobs = run_jobs(n, hs_job, 0);
     span(jobs, n, &start, &end, &count, &errors);
     printf("{\"handshakes\":%ld,\"seconds\":%.6f,\"errors\":%ld,\"cpu_s\":%.3f,\"cipher\":\"%s\"}\n", count, end - start, errors,
@@ -524,7 +526,7 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "rr") && npos == 3) {
     int n = atoi(pos[1]);
     rr_size = atoi(pos[2]);
-    deadline = now() + atof(pos[0]);
+    duration = atof(pos[0]);
     job_t *jobs = run_jobs(n, rr_job, 0);
     span(jobs, n, &start, &end, &count, &errors);
     long total = 0;
@@ -539,7 +541,7 @@ int main(int argc, char **argv) {
     double p50 = total ? all[(long)(total * 0.50)] : 0, p99 = total ? all[(long)(total * 0.99)] : 0;
     printf("{\"requests\":%ld,\"seconds\":%.6f,\"errors\":%ld,\"p50_us\":%.1f,\"p99_us\":%.1f,\"cpu_s\":%.3f,\"cipher\":\"%s\"}\n",
            total, end - start, errors, p50, p99, cpu_s(), cipher);
-    return errors ? 1 : 0;
+    return errors || !total ? 1 : 0;
   }
   if (!strcmp(mode, "hold") && npos == 1) {
     int steps[16], nsteps = 0, have = 0;

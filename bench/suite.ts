@@ -109,6 +109,16 @@ const machine = {
 
 const contestants = Contestants.all.filter((c) => !only || c.kind === "baseline" || only.includes(c.name))
 const results = new M.Results()
+/** Runs one phase; a failure becomes a note in the report instead of losing the other phases. */
+const phase = async (name: string, f: () => Promise<void>) => {
+  log(name)
+  try {
+    await f()
+  } catch (e) {
+    log(`${name} failed: ${e instanceof Error ? e.message : String(e)}`)
+    results.notes.push(`${name} failed: ${e instanceof Error ? e.message : String(e)}`)
+  }
+}
 const pki = await TestPki.make()
 let exitCode = 0
 try {
@@ -181,16 +191,14 @@ try {
   ]
   log(`pinning:\n  ${pinning.join("\n  ")}`)
 
-  log("throughput")
-  await M.throughput(env, live, params, results)
-  log("handshakes (ECDSA, RSA, mTLS, STARTTLS)")
-  await M.handshakes(env, live, params, results)
-  log("1 KiB request/response latency")
-  await M.latency(env, live, params, results)
+  await phase("throughput", () => M.throughput(env, live, params, results))
+  await phase("handshakes (ECDSA, RSA, mTLS, STARTTLS)", () => M.handshakes(env, live, params, results))
+  await phase("1 KiB request/response latency", () => M.latency(env, live, params, results))
   for (const { running } of live) for (const p of running.procs) await stop(p)
 
-  log(`memory with ${params.holdSteps.join(" and ")} idle connections`)
-  await M.memory(env, contestants, params, results)
+  await phase(`memory with ${params.holdSteps.join(" and ")} idle connections`, () =>
+    M.memory(env, contestants, params, results)
+  )
 
   const summary = Report.summarize(results, contestants)
   const seconds = Math.round((Date.now() - began) / 1000)
