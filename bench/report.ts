@@ -1,0 +1,173 @@
+/**
+ * The report: medians with min/max per figure and contestant, each with its ratio to the best C
+ * peer (stunnel, HAProxy, nginx) and to the no-proxy baseline; one markdown table, and the same
+ * data (with every sample) as JSON.
+ */
+import type { Contestant } from "./contestants.ts"
+import type { Results, Sample } from "./measurements.ts"
+
+export interface Stat {
+  readonly median: number
+  readonly min: number
+  readonly max: number
+  readonly n: number
+}
+
+const stat = (xs: ReadonlyArray<Sample>): Stat => {
+  const v = xs.map((s) => s.value).sort((a, b) => a - b)
+  const mid = v.length >> 1
+  return {
+    median: v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2,
+    min: v[0]!,
+    max: v[v.length - 1]!,
+    n: v.length
+  }
+}
+
+const fmt = (x: number): string =>
+  Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : Math.abs(x) >= 1 ? x.toFixed(2) : x.toFixed(3)
+
+export interface FigureSummary {
+  readonly id: string
+  readonly section: string
+  readonly label: string
+  readonly unit: string
+  readonly better: "higher" | "lower"
+  readonly bestC: string | undefined
+  readonly values: Record<
+    string,
+    Stat & {
+      ratioToBestC: number | undefined
+      ratioToBaseline: number | undefined
+      loadCpuBusyMax: number | undefined
+      proxyCpuShare: number | undefined
+      genCpuShare: number | undefined
+      samples: ReadonlyArray<Sample>
+    }
+  >
+}
+
+export const summarize = (results: Results, contestants: ReadonlyArray<Contestant>): Array<FigureSummary> =>
+  results.figures.map((f) => {
+    const byName = results.samples.get(f.id)!
+    const stats = new Map([...byName].map(([name, s]) => [name, stat(s)]))
+    const cPeers = contestants.filter((c) => c.kind === "c" && stats.has(c.name))
+    const pick = (a: number, b: number) => (f.better === "higher" ? a >= b : a <= b)
+    const bestC = cPeers.reduce<string | undefined>(
+      (best, c) => (best === undefined || pick(stats.get(c.name)!.median, stats.get(best)!.median) ? c.name : best),
+      undefined
+    )
+    const base = contestants.find((c) => c.kind === "baseline")
+    const baseMedian = base && stats.get(base.name)?.median
+    const values: FigureSummary["values"] = {}
+    for (const c of contestants) {
+      const s = stats.get(c.name)
+      if (!s) continue
+      const of = (k: "loadCpuBusy" | "proxyCpuShare" | "genCpuShare") =>
+        byName
+          .get(c.name)!
+          .map((x) => x[k])
+          .filter((x): x is number => x !== undefined)
+      const busy = of("loadCpuBusy")
+      const median = (xs: Array<number>) => (xs.length ? xs.sort((a, b) => a - b)[xs.length >> 1] : undefined)
+      values[c.name] = {
+        ...s,
+        ratioToBestC: bestC ? s.median / stats.get(bestC)!.median : undefined,
+        ratioToBaseline: baseMedian ? s.median / baseMedian : undefined,
+        loadCpuBusyMax: busy.length ? Math.max(...busy) : undefined,
+        proxyCpuShare: median(of("proxyCpuShare")),
+        genCpuShare: median(of("genCpuShare")),
+        samples: byName.get(c.name)!
+      }
+    }
+    return { ...f, bestC, values }
+  })
+
+export const markdown = (summary: ReadonlyArray<FigureSummary>, contestants: ReadonlyArray<Contestant>): string => {
+  const head = `| figure | unit | ${contestants.map((c) => c.name).join(" | ")} |`
+  const sep = `| --- | --- | ${contestants.map(() => "---").join(" | ")} |`
+  const rows: Array<string> = []
+  let section = ""
+  for (const f of summary) {
+    if (f.section !== section) {
+      section = f.section
+      rows.push(`| **${section}** | | ${contestants.map(() => "").join(" | ")} |`)
+    }
+    const cells = contestants.map((c) => {
+      const v = f.values[c.name]
+      if (!v) return "n/a"
+      const range = v.n > 1 ? ` (${fmt(v.min)}–${fmt(v.max)})` : ""
+      const ratios = [
+        v.ratioToBestC !== undefined && c.kind !== "baseline" ? `${v.ratioToBestC.toFixed(2)}×C` : undefined,
+        v.ratioToBaseline !== undefined && c.kind !== "baseline" ? `${v.ratioToBaseline.toFixed(2)}×B` : undefined
+      ].filter((x) => x !== undefined)
+      return `**${fmt(v.median)}**${range}${ratios.length ? ` ${ratios.join(" ")}` : ""}`
+    })
+    rows.push(`| ${f.label} ${f.better === "higher" ? "↑" : "↓"} | ${f.unit} | ${cells.join(" | ")} |`)
+  }
+  return [head, sep, ...rows].join("\n")
+}
+
+/**
+ * Evidence that the generator is not the bottleneck: for every throughput and handshake figure,
+ * the baseline's median against the best proxy's, and how busy the generator core got.
+ */
+export const headroom = (summary: ReadonlyArray<FigureSummary>, contestants: ReadonlyArray<Contestant>): string => {
+  const base = contestants.find((c) => c.kind === "baseline")!.name
+  const proxies = contestants.filter((c) => c.kind !== "baseline").map((c) => c.name)
+  const rows = summary
+    .filter((f) => f.better === "higher" && f.values[base])
+    .map((f) => {
+      const best = proxies
+        .filter((p) => f.values[p])
+        .reduce((a, b) => (f.values[b]!.median > f.values[a]!.median ? b : a))
+      const ratio = f.values[base]!.median / f.values[best]!.median
+      const v = f.values[best]!
+      const pct = (x: number | undefined) => (x === undefined ? "?" : `${(x * 100).toFixed(0)} %`)
+      return `| ${f.label} | ${fmt(f.values[base]!.median)} ${f.unit} | ${best}: ${fmt(v.median)} | ${ratio.toFixed(2)}×${ratio < 1.2 ? " ⚠" : ""} | ${pct(v.proxyCpuShare)} | ${pct(v.genCpuShare)} | ${pct(v.loadCpuBusyMax)} |`
+    })
+  return [
+    "| figure | no-proxy baseline | best proxy | baseline ÷ best proxy | best proxy's CPU (share of cpu 0) | generator's own CPU (share of cpu 1) | cpu 1 busy, all processes (max) |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...rows
+  ].join("\n")
+}
+
+/** Issue 10's targets for Sleeve, each with its measured figure and whether it is met. */
+export const targets = (summary: ReadonlyArray<FigureSummary>, sleeve = "Sleeve"): string => {
+  const byId = new Map(summary.map((f) => [f.id, f]))
+  const rows: Array<string> = []
+  const absolute = (id: string, target: string, limit: number) => {
+    const v = byId.get(id)?.values[sleeve]
+    if (!v) return
+    const f = byId.get(id)!
+    rows.push(
+      `| ${target} | ${f.label} | **${fmt(v.median)}** ${f.unit} | — | — | ${v.median <= limit ? "met" : `not met (${fmt(v.median - limit)} ${f.unit} over)`} |`
+    )
+  }
+  const relative = (prefix: string, target: string) => {
+    for (const f of summary.filter((x) => x.id.startsWith(prefix))) {
+      const v = f.values[sleeve]
+      if (!v || !f.bestC || v.ratioToBestC === undefined) continue
+      const met = f.better === "higher" ? v.ratioToBestC >= 1 : v.ratioToBestC <= 1
+      rows.push(
+        `| ${target} | ${f.label} | **${fmt(v.median)}** ${f.unit} | ${f.bestC}: ${fmt(f.values[f.bestC]!.median)} | ${v.ratioToBestC.toFixed(2)}× | ${met ? "met" : "not met"} |`
+      )
+    }
+  }
+  absolute("rss-idle", "idle RSS ≤ 60 MiB", 60)
+  absolute("start-ready", "start to /readyz ≤ 300 ms", 300)
+  const conn = summary.filter((f) => f.id.startsWith("conn-")).pop()
+  if (conn) absolute(conn.id, "≤ 20 KiB per idle TLS connection", 20)
+  relative("tput-", "throughput ≥ 1.0× best C peer")
+  relative("cpu-", "CPU-s/GiB ≤ best C peer")
+  relative("hs-ec", "handshakes/s ≥ 1.0× best C peer")
+  relative("hs-rsa", "handshakes/s ≥ 1.0× best C peer")
+  relative("hs-mtls", "handshakes/s ≥ 1.0× best C peer")
+  relative("rr99-", "p99 ≤ best C peer")
+  return [
+    "| target | figure | Sleeve | best C peer | ratio | |",
+    "| --- | --- | --- | --- | --- | --- |",
+    ...rows
+  ].join("\n")
+}
