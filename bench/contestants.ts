@@ -18,9 +18,11 @@
  * PROXY_CPU (TLS with the same certificates for the terminate figures, plaintext for the
  * originate ones, an SMTP server that does STARTTLS itself).
  */
+import { spawnSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { freePort, NOFILE, PROXY_CPU, type Proc, start } from "./procs.ts"
+import type { Artefact } from "./artefact.ts"
+import { freePort, LOAD_CPU, NOFILE, PROXY_CPU, type Proc, start } from "./procs.ts"
 
 /** Connections a proxy can hold within NOFILE descriptors (two per proxied connection). */
 export const MAX_PROXIED = Math.floor((NOFILE - 100) / 2)
@@ -45,7 +47,7 @@ export interface Pki {
 export interface Env {
   readonly pki: Pki
   readonly node: string
-  readonly sleeveMain: string
+  readonly sleeve: Artefact
   readonly loadgen: string
   readonly floorScript: string
   readonly backend: { readonly plain: number; readonly tls: number; readonly smtp: number }
@@ -73,6 +75,10 @@ export interface Contestant {
   readonly kind: Kind
   /** Whether termMtls authorizes the client's subject DN (not only its chain). */
   readonly dnAuthorization: boolean
+  /** The CPUs it is pinned to (taskset -c). */
+  readonly cpus: string
+  /** Why it cannot run with this build (checked once before the run), or undefined when it can. */
+  readonly unavailable?: ((env: Env) => string | undefined) | undefined
   readonly start: (env: Env, tag: string) => Promise<Running>
 }
 
@@ -90,20 +96,12 @@ const write = (env: Env, name: string, text: string) => {
   return file
 }
 
-const sleeve: Contestant = {
-  name: "Sleeve",
-  dnAuthorization: true,
-  kind: "sleeve",
-  start: async (env, tag) => {
-    const ports = await allPorts(true)
-    const admin = await freePort()
-    const { pki, backend } = env
-    const tls13 = "protocols: { min: TLSv1.3 }"
-    const l = (name: string, extra: string) => `  - { name: ${name}, maxConnections: 100000, ${extra} }`
-    const config = write(
-      env,
-      `sleeve-${tag}.yaml`,
-      `tls:
+/** Sleeve's configuration: the same five listeners, plus the admin endpoint for `/readyz`. */
+const sleeveConfig = (env: Env, ports: Ports, admin: number, workers: number | undefined) => {
+  const { pki, backend } = env
+  const tls13 = "protocols: { min: TLSv1.3 }"
+  const l = (name: string, extra: string) => `  - { name: ${name}, maxConnections: 100000, ${extra} }`
+  return `${workers === undefined ? "" : `workers: ${workers}\n`}tls:
   EC: { type: server, certificateFile: ${pki.ecCert}, privateKeyFile: ${pki.ecKey}, ${tls13} }
   RSA: { type: server, certificateFile: ${pki.rsaCert}, privateKeyFile: ${pki.rsaKey}, ${tls13} }
   MTLS: { type: server, certificateFile: ${pki.ecCert}, privateKeyFile: ${pki.ecKey}, caFile: ${pki.ca}, verifyPeer: require, authorizedPeers: ["${pki.clientSubject}"], ${tls13} }
@@ -117,16 +115,61 @@ ${l("smtp", `mode: starttls, protocol: smtp, side: server, requireTls: true, lis
 admin: { listen: "127.0.0.1:${admin}" }
 drainTimeout: 1s
 `
+}
+
+/**
+ * Sleeve, started as users start it: `apps/sidecar/dist/main.js run -c FILE`, executed directly
+ * (its `#!` line picks Node and the launcher's flags; PATH leads to the repository's Node 24).
+ * `workers` adds `workers: N` to the configuration (issue 10's multi-core setting): that
+ * contestant is pinned to both cores, so it shares cpu 1 with the generator.
+ */
+const sleeveWith = (name: string, workers: number | undefined, cpus: string): Contestant => ({
+  name,
+  dnAuthorization: true,
+  kind: "sleeve",
+  cpus,
+  unavailable:
+    workers === undefined
+      ? undefined
+      : (env) => {
+          // `sleeve check` validates the file as `run` would: a build without the setting refuses it.
+          const file = write(
+            env,
+            `sleeve-${name.replace(/\W+/g, "-")}-check.yaml`,
+            sleeveConfig(env, dummyPorts, 1, workers)
+          )
+          const r = spawnSync(env.sleeve.main, ["check", "-c", file], {
+            encoding: "utf8",
+            env: { ...process.env, PATH: `${env.sleeve.pathPrefix}:${process.env.PATH ?? ""}`, NO_COLOR: "1" }
+          })
+          if (r.status === 0) return undefined
+          const why = `${r.stderr}${r.stdout}`.split("\n").find((x) => /workers/.test(x)) ?? `${r.stderr}${r.stdout}`
+          return `this build of Sleeve refuses \`workers: ${workers}\` (sleeve check exited ${r.status}: ${why.trim().slice(0, 200)})`
+        },
+  start: async (env, tag) => {
+    const ports = await allPorts(true)
+    const admin = await freePort()
+    const config = write(
+      env,
+      `sleeve-${name.replace(/\W+/g, "-")}-${tag}.yaml`,
+      sleeveConfig(env, ports, admin, workers)
     )
-    const proc = start("sleeve", PROXY_CPU, [env.node, env.sleeveMain, "run", "-c", config])
+    const proc = start("sleeve", cpus, [env.sleeve.main, "run", "-c", config], { pathPrefix: env.sleeve.pathPrefix })
     return { procs: [proc], ports, readyUrl: `http://127.0.0.1:${admin}/readyz` }
   }
-}
+})
+
+const dummyPorts: Ports = { termEc: 1, termRsa: 2, termMtls: 3, orig: 4, smtp: 5 }
+
+const sleeve = sleeveWith("Sleeve", undefined, String(PROXY_CPU))
+export const SLEEVE_WORKERS = 2
+const sleeveWorkers = sleeveWith(`Sleeve workers:${SLEEVE_WORKERS}`, SLEEVE_WORKERS, `${PROXY_CPU},${LOAD_CPU}`)
 
 const floor: Contestant = {
   name: "node:tls+pipe",
   dnAuthorization: true,
   kind: "node",
+  cpus: String(PROXY_CPU),
   start: async (env, tag) => {
     const ports = await allPorts(false)
     const { pki, backend } = env
@@ -157,6 +200,7 @@ const stunnel: Contestant = {
   name: "stunnel",
   dnAuthorization: false,
   kind: "c",
+  cpus: String(PROXY_CPU),
   start: async (env, tag) => {
     const ports = await allPorts(true)
     const { pki, backend } = env
@@ -192,6 +236,7 @@ const haproxy: Contestant = {
   name: "HAProxy",
   dnAuthorization: true,
   kind: "c",
+  cpus: String(PROXY_CPU),
   start: async (env, tag) => {
     const ports = await allPorts(false)
     const { pki, backend } = env
@@ -238,6 +283,7 @@ const nginx: Contestant = {
   name: "nginx stream",
   dnAuthorization: true,
   kind: "c",
+  cpus: String(PROXY_CPU),
   start: async (env, tag) => {
     const ports = await allPorts(false)
     const { pki, backend } = env
@@ -280,6 +326,7 @@ const baseline: Contestant = {
   name: "no proxy",
   dnAuthorization: false,
   kind: "baseline",
+  cpus: String(PROXY_CPU),
   start: async (env) => {
     const ports = await allPorts(true)
     const { pki } = env
@@ -297,4 +344,4 @@ const baseline: Contestant = {
   }
 }
 
-export const all: ReadonlyArray<Contestant> = [sleeve, floor, stunnel, haproxy, nginx, baseline]
+export const all: ReadonlyArray<Contestant> = [sleeve, sleeveWorkers, floor, stunnel, haproxy, nginx, baseline]

@@ -285,11 +285,18 @@ static int smtp_reply(conn_t *c, const char *code) {
   return 0;
 }
 
+static int io_timeout; /* hold: seconds a connect/handshake may block (a proxy out of descriptors never answers) */
+
 static int open_conn(conn_t *c) {
   c->ssl = NULL;
   c->fd = socket(AF_INET, SOCK_STREAM, 0);
   if (c->fd < 0) return -1;
   nodelay(c->fd);
+  if (io_timeout) {
+    struct timeval tv = {.tv_sec = io_timeout};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0) goto fail;
   if (smtp && (smtp_reply(c, "220") < 0 || cputs(c, "EHLO bench.example\r\n") < 0 || smtp_reply(c, "250") < 0 ||
@@ -422,12 +429,14 @@ static void *hold_job(void *arg) {
   for (int i = j->from; i < j->to; i++) {
     for (int attempt = 0;; attempt++) {
       conn_t *c = &held[i];
+      double t0 = now();
       if (open_conn(c) == 0) {
         if (cputs(c, "ECHO\nx") == 0 && cread_exact(c, b, 1) == 0) break;
         cclose(c);
       }
       j->errors++;
-      if (attempt == 5) {
+      /* A refusal is retried; a timeout (the proxy accepted nothing) is not: it would only repeat. */
+      if (attempt == 5 || now() - t0 >= io_timeout - 0.5) {
         held[i].fd = -1;
         break;
       }
@@ -547,6 +556,7 @@ int main(int argc, char **argv) {
     int steps[16], nsteps = 0, have = 0;
     for (const char *p = pos[0]; *p && nsteps < 16; p = strchr(p, ',') ? strchr(p, ',') + 1 : "") steps[nsteps++] = atoi(p);
     held = calloc(steps[nsteps - 1], sizeof *held);
+    io_timeout = 10;
     char line[64];
     for (int s = 0; s < nsteps; s++) {
       int want = steps[s] - have, nt = 8;

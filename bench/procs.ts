@@ -29,13 +29,20 @@ const live = new Set<Proc>()
 /** Starts `argv` pinned to `cpu` with a raised open-file limit; stderr is kept for error messages. */
 export const start = (
   name: string,
-  cpu: number,
+  cpu: number | string,
   argv: ReadonlyArray<string>,
-  options: { stdin?: "pipe" | "ignore"; stdout?: "pipe" | "ignore"; cwd?: string } = {}
+  options: {
+    stdin?: "pipe" | "ignore"
+    stdout?: "pipe" | "ignore"
+    cwd?: string
+    /** Prepended to PATH (for a `#!/usr/bin/env node` script that must find the repository's Node). */
+    pathPrefix?: string
+  } = {}
 ): Proc => {
   const child = spawn("taskset", ["-c", String(cpu), "prlimit", `--nofile=${NOFILE}:${NOFILE}`, "--", ...argv], {
     stdio: [options.stdin ?? "ignore", options.stdout ?? "ignore", "pipe"],
-    cwd: options.cwd
+    cwd: options.cwd,
+    env: options.pathPrefix ? { ...process.env, PATH: `${options.pathPrefix}:${process.env.PATH ?? ""}` } : process.env
   })
   const proc: Proc = {
     name,
@@ -99,14 +106,16 @@ export const tree = (pid: number): Array<number> => {
   return out
 }
 
-const TICK = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100
+export const TICK = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100
+
+/** utime + stime of one process, in seconds (0 when it is gone). */
+export const processCpuSeconds = (pid: number): number => {
+  const f = stat(pid)
+  return f ? (Number(f[11]) + Number(f[12])) / TICK : 0
+}
 
 /** utime + stime of the whole tree, in seconds. */
-export const cpuSeconds = (pid: number): number =>
-  tree(pid).reduce((sum, p) => {
-    const f = stat(p)
-    return sum + (f ? (Number(f[11]) + Number(f[12])) / TICK : 0)
-  }, 0)
+export const cpuSeconds = (pid: number): number => tree(pid).reduce((sum, p) => sum + processCpuSeconds(p), 0)
 
 /** VmRSS of the whole tree, in KiB. */
 export const rssKiB = (pid: number): number =>
@@ -132,7 +141,8 @@ export const coreTimes = (cpu: number): { busy: number; total: number } => {
   return { busy: total - v[3]! - v[4]!, total }
 }
 
-export const freePort = (): Promise<number> =>
+const handedOut = new Set<number>()
+const anyPort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const s = Net.createServer().listen(0, "127.0.0.1", () => {
       const p = (s.address() as Net.AddressInfo).port
@@ -140,6 +150,17 @@ export const freePort = (): Promise<number> =>
     })
     s.on("error", reject)
   })
+
+/** A port free now and never handed out before in this run (contestants run side by side). */
+export const freePort = async (): Promise<number> => {
+  for (;;) {
+    const p = await anyPort()
+    if (!handedOut.has(p)) {
+      handedOut.add(p)
+      return p
+    }
+  }
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 

@@ -3,6 +3,7 @@
  * peer (stunnel, HAProxy, nginx) and to the no-proxy baseline; one markdown table, and the same
  * data (with every sample) as JSON.
  */
+import * as Fs from "node:fs"
 import type { Contestant } from "./contestants.ts"
 import type { Results, Sample } from "./measurements.ts"
 
@@ -113,8 +114,10 @@ export const markdown = (summary: ReadonlyArray<FigureSummary>, contestants: Rea
  * the baseline's median against the best proxy's, and how busy the generator core got.
  */
 export const headroom = (summary: ReadonlyArray<FigureSummary>, contestants: ReadonlyArray<Contestant>): string => {
-  const base = contestants.find((c) => c.kind === "baseline")!.name
-  const proxies = contestants.filter((c) => c.kind !== "baseline").map((c) => c.name)
+  const baseline = contestants.find((c) => c.kind === "baseline")!
+  const base = baseline.name
+  // Only proxies on the baseline's one core: a multi-core contestant shares the generator's core.
+  const proxies = contestants.filter((c) => c.kind !== "baseline" && c.cpus === baseline.cpus).map((c) => c.name)
   const rows = summary
     .filter((f) => f.better === "higher" && f.values[base])
     .map((f) => {
@@ -170,4 +173,18 @@ export const targets = (summary: ReadonlyArray<FigureSummary>, sleeve = "Sleeve"
     "| --- | --- | --- | --- | --- | --- |",
     ...rows
   ].join("\n")
+}
+
+/** The markers around the generated block of docs/performance.md (`bench/suite.ts --write-doc`). */
+export const BEGIN =
+  "<!-- bench:table:begin — written by `npx -y pnpm@12.4.2 bench --write-doc`; do not edit by hand -->"
+export const END = "<!-- bench:table:end -->"
+
+/** Replaces the text from BEGIN to END (both included) in `file` by `block`; refuses a file without them. */
+export const replaceBlock = (file: string, block: string): void => {
+  const text = Fs.readFileSync(file, "utf8")
+  const begin = text.indexOf("<!-- bench:table:begin")
+  const end = text.indexOf(END)
+  if (begin < 0 || end < begin) throw new Error(`${file}: no ${BEGIN.slice(0, 22)}… ${END} block to replace`)
+  Fs.writeFileSync(file, `${text.slice(0, begin)}${block}${text.slice(end + END.length)}`)
 }

@@ -15,16 +15,26 @@ import { execFileSync, spawnSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Artefact from "./artefact.ts"
 import * as Contestants from "./contestants.ts"
 import * as Gen from "./generators.ts"
 import * as M from "./measurements.ts"
-import { cpusAllowed, LOAD_CPU, PROXY_CPU, stop, stopAll, waitHttp200, waitListening } from "./procs.ts"
+import * as Noise from "./noise.ts"
+import { cpusAllowed, LOAD_CPU, NOFILE, type Proc, stop, stopAll, tree, waitHttp200, waitListening } from "./procs.ts"
 import * as Report from "./report.ts"
 
 const root = Path.resolve(import.meta.dirname, "..")
 const args = process.argv.slice(2)
 const quick = args.includes("--quick")
 const only = args.includes("--only") ? args[args.indexOf("--only") + 1]!.split(",") : undefined
+/** Also replace the table block of docs/performance.md (between its bench:table markers). */
+const writeDoc = args.includes("--write-doc")
+const known = new Set(["--quick", "--only", "--write-doc", ...(only ? [args[args.indexOf("--only") + 1]!] : [])])
+const unknown = args.filter((a) => !known.has(a))
+if (unknown.length > 0) {
+  console.error(`bench/suite.ts: unknown argument ${unknown.join(" ")} (see bench/README.md)`)
+  process.exit(2)
+}
 const began = Date.now()
 const log = (s: string) => console.error(`[${((Date.now() - began) / 1000).toFixed(0).padStart(4)} s] ${s}`)
 
@@ -73,11 +83,10 @@ if (missing.length > 0) {
     env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" }
   })
 }
-const sleeveMain = Path.join(root, "apps/sidecar/dist/main.js")
-if (!Fs.existsSync(sleeveMain)) {
-  log("building the production artefact (apps/sidecar/dist/main.js)")
-  execFileSync("npx", ["-y", "pnpm@12.4.2", "--filter", "@sleeve/sidecar", "bundle"], { cwd: root, stdio: "inherit" })
-}
+const sleeve = Artefact.prepare(root, process.execPath, log)
+log(
+  `Sleeve: ${Path.relative(root, sleeve.main)} executed directly (${sleeve.shebang}; Node flags: ${sleeve.nodeFlags.join(" ") || "none"})`
+)
 
 // This script works on the generator's core too; the proxies get the other one to themselves.
 execFileSync("taskset", ["-pc", String(LOAD_CPU), String(process.pid)], { stdio: "ignore" })
@@ -107,8 +116,18 @@ const machine = {
     .join(" ")
 }
 
-const contestants = Contestants.all.filter((c) => !only || c.kind === "baseline" || only.includes(c.name))
+if (only) {
+  const names = new Set(Contestants.all.map((c) => c.name))
+  const bad = only.filter((n) => !names.has(n))
+  if (bad.length > 0) {
+    console.error(`--only: no contestant named ${bad.join(", ")} (names: ${[...names].join(", ")})`)
+    process.exit(2)
+  }
+}
+const chosen = Contestants.all.filter((c) => !only || c.kind === "baseline" || only.includes(c.name))
+const contestants: Array<Contestants.Contestant> = []
 const results = new M.Results()
+const noise = Noise.start()
 /** Runs one phase; a failure becomes a note in the report instead of losing the other phases. */
 const phase = async (name: string, f: () => Promise<void>) => {
   log(name)
@@ -147,10 +166,18 @@ try {
   const env: Contestants.Env = {
     pki: paths,
     node: process.execPath,
-    sleeveMain,
+    sleeve,
     loadgen,
     floorScript: Path.join(import.meta.dirname, "floor.ts"),
     backend: backends.ports
+  }
+  for (const c of chosen) {
+    const why = c.unavailable?.(env)
+    if (why === undefined) contestants.push(c)
+    else {
+      log(`skipping ${c.name}: ${why}`)
+      results.notes.push(`${c.name} not measured: ${why}`)
+    }
   }
   for (const [b, port] of backends.procs.map((p, i) => [p, Object.values(backends.ports)[i]!] as const))
     await waitListening(b, [port], performance.now())
@@ -183,11 +210,15 @@ try {
       `${contestant.name}: mTLS checked: authorized client passes, no certificate refused, other DN ${stranger > 0 ? "passes (chain verification only)" : "refused"}`
     )
   }
+  const pinned = (p: Proc) => {
+    const all = tree(p.pid)
+    return `${p.name} pid ${all.join("+")} cpus ${[...new Set(all.map(cpusAllowed))].join("/")}`
+  }
   const pinning = [
-    `this script pid ${process.pid}: cpus ${cpusAllowed(process.pid)}`,
-    ...backends.procs.map((p) => `${p.name} pid ${p.pid}: cpus ${cpusAllowed(p.pid)}`),
-    ...live.flatMap(({ running }) => running.procs.map((p) => `${p.name} pid ${p.pid}: cpus ${cpusAllowed(p.pid)}`)),
-    `loadgen clients: taskset -c ${LOAD_CPU}; proxies: taskset -c ${PROXY_CPU}`
+    `suite pid ${process.pid} cpus ${cpusAllowed(process.pid)}`,
+    ...backends.procs.map(pinned),
+    ...live.flatMap(({ running }) => running.procs.map(pinned)),
+    `loadgen clients taskset -c ${LOAD_CPU}`
   ]
   log(`pinning:\n  ${pinning.join("\n  ")}`)
 
@@ -202,50 +233,59 @@ try {
 
   const summary = Report.summarize(results, contestants)
   const seconds = Math.round((Date.now() - began) / 1000)
-  const table = Report.markdown(summary, contestants)
-  const head = Report.headroom(summary, contestants)
+  const quiet = noise.finish()
   const info = {
     ...machine,
-    loadAverageAtEnd: Os.loadavg()
-      .map((x) => x.toFixed(2))
-      .join(" "),
     seconds,
     quick,
-    params
+    params,
+    noise: quiet,
+    sleeve: { shebang: sleeve.shebang, built: sleeve.built }
   }
-  const md = `# Peer benchmark ${machine.date}${quick ? " (--quick: indicative only)" : ""}
-
-${Object.entries(info)
-  .filter(([k]) => k !== "params")
-  .map(([k, v]) => `- ${k}: ${v}`)
-  .join("\n")}
-- params: ${JSON.stringify(params)}
-- pinning: ${pinning.join("; ")}
+  const lim = Contestants.MAX_PROXIED
+  const mmss = `${Math.floor(seconds / 60)} min ${seconds % 60} s`
+  const la = quiet.loadAverage1m
+  const body = `- Run: ${machine.date}, ${quick ? "**--quick** (1 repetition, small sizes: indicative only)" : "full"}${only ? `, only ${only.join(", ")}` : ""}; took ${mmss}.
+- ${quiet.noisy ? "**Noisy run:** " : "Quiet run: "}other processes on the machine used ${quiet.foreignCpuSeconds.toFixed(0)} CPU-s during the run (${(quiet.foreignShare * 100).toFixed(1)} % of the ${machine.nproc} cores; over 5 % counts as noisy). 1-min load average (the suite itself keeps about 2 busy): ${la.start.toFixed(2)} at the start, median ${la.median.toFixed(2)}, max ${la.max.toFixed(2)}, ${la.end.toFixed(2)} at the end.
+- Machine: ${machine.nproc} cores (${machine.cpu}), ${machine.memoryGiB} GiB, kernel ${machine.kernel}; Node ${machine.node}; ${machine.openssl} (the C peers and the generator); ${machine.stunnel}; ${machine.haproxy}; ${machine.nginx}.
+- Sleeve: \`apps/sidecar/dist/main.js run -c …\` executed directly through its \`${sleeve.shebang}\` line (Node flags: ${sleeve.nodeFlags.length ? `\`${sleeve.nodeFlags.join(" ")}\`` : "none"})${sleeve.built ? `; the suite rebuilt the artefact (it was ${sleeve.built})` : ""}.
+- Pinning (the kernel's Cpus_allowed_list, read during the run): ${pinning.join("; ")}.
+- Open files: soft limit raised to the hard limit, ${NOFILE}, for every process (the sandbox cannot raise the hard one). A proxy needs two descriptors per proxied connection, so the "10 000 connections" step holds at most ${lim.toLocaleString("en-US")}.
+- Parameters: ${JSON.stringify(params)}.
 
 Cells: **median** (min–max) over interleaved repetitions; ×C = ratio to the best C peer's median
 (stunnel, HAProxy, nginx; "best" = highest for ↑, lowest for ↓ figures), ×B = ratio to the
 no-proxy baseline. ↑ higher is better, ↓ lower is better.
 
-${table}
+${Report.markdown(summary, contestants)}
 
-${results.notes.length ? `Notes: ${results.notes.join("; ")}\n\n` : ""}Issue-10 targets (Sleeve against the best C peer, same run):
+${results.notes.length ? `Notes:\n\n${results.notes.map((n) => `- ${n}`).join("\n")}\n\n` : ""}Issue-10 targets (Sleeve against the best C peer, same run):
 
 ${Report.targets(summary)}
 
 Generator headroom (the baseline must be far above every proxy):
 
-${head}
+${Report.headroom(summary, contestants)}
 `
+  const md = `# Peer benchmark ${machine.date}${quick ? " (--quick)" : ""}${quiet.noisy ? " (noisy)" : ""}\n\n${body}`
   console.log(md)
   const dir = Path.join(import.meta.dirname, "results")
   Fs.mkdirSync(dir, { recursive: true })
   const stem = quick ? "quick-latest" : machine.date.replace(/[:.]/g, "-")
   const jsonFile = Path.join(dir, `${stem}.json`)
-  Fs.writeFileSync(jsonFile, `${JSON.stringify({ machine: info, pinning, figures: summary }, null, 2)}\n`)
+  Fs.writeFileSync(
+    jsonFile,
+    `${JSON.stringify({ machine: info, pinning, notes: results.notes, figures: summary }, null, 2)}\n`
+  )
   // In the repository's format, so that `biome ci .` stays clean when a full run's result is committed.
   spawnSync(Path.join(root, "node_modules/.bin/biome"), ["format", "--write", jsonFile], { stdio: "ignore" })
   Fs.writeFileSync(Path.join(dir, `${stem}.md`), md)
   log(`done in ${seconds} s; wrote bench/results/${stem}.json and .md`)
+  if (writeDoc) {
+    const doc = Path.join(root, "docs/performance.md")
+    Report.replaceBlock(doc, `${Report.BEGIN}\n${body}${Report.END}`)
+    log(`replaced the table block of docs/performance.md (results: bench/results/${stem}.md)`)
+  }
 } catch (e) {
   console.error(e)
   exitCode = 1
