@@ -127,6 +127,7 @@ export const handshakes = async (env: Env, live: ReadonlyArray<Live>, p: Params,
       "hs/s",
       "higher"
     )
+    const cpu = fig(`${id}-cpu`, f.section, `${f.label}: proxy CPU`, "CPU-ms/hs", "lower")
     for (let rep = 0; rep < p.reps; rep++)
       for (const { contestant, running } of live) {
         const port = portOf(running.ports)
@@ -137,6 +138,8 @@ export const handshakes = async (env: Env, live: ReadonlyArray<Live>, p: Params,
           ...m.shares,
           ...(m.result.errors > 0 ? { note: `${m.result.errors} failed` } : {})
         })
+        // Proxy CPU per handshake: what the rate would be on a whole core, whoever else took time.
+        out.add(cpu, contestant.name, { value: (m.cpu * 1000) / Math.max(1, m.result.handshakes), ...m.shares })
       }
   }
 }

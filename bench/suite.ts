@@ -261,7 +261,7 @@ ${Report.markdown(summary, contestants)}
 
 ${results.notes.length ? `Notes:\n\n${results.notes.map((n) => `- ${n}`).join("\n")}\n\n` : ""}Issue-10 targets (Sleeve against the best C peer, same run):
 
-${Report.targets(summary)}
+${Report.targets(summary, lim)}
 
 Generator headroom (the baseline must be far above every proxy):
 
