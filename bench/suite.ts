@@ -245,8 +245,15 @@ try {
   const lim = Contestants.MAX_PROXIED
   const mmss = `${Math.floor(seconds / 60)} min ${seconds % 60} s`
   const la = quiet.loadAverage1m
-  const body = `- Run: ${machine.date}, ${quick ? "**--quick** (1 repetition, small sizes: indicative only)" : "full"}${only ? `, only ${only.join(", ")}` : ""}; took ${mmss}.
-- ${quiet.noisy ? "**Noisy run:** " : "Quiet run: "}other processes on the machine used ${quiet.foreignCpuSeconds.toFixed(0)} CPU-s during the run (${(quiet.foreignShare * 100).toFixed(1)} % of the ${machine.nproc} cores; over 5 % counts as noisy). 1-min load average (the suite itself keeps about 2 busy): ${la.start.toFixed(2)} at the start, median ${la.median.toFixed(2)}, max ${la.max.toFixed(2)}, ${la.end.toFixed(2)} at the end.
+  const status = `**${quick ? "Quick" : "Full"} run of ${machine.date.slice(0, 16).replace("T", " ")} UTC, ${mmss}: ${
+    quiet.noisy
+      ? `noisy (other processes took ${(quiet.foreignShare * 100).toFixed(0)} % of the machine): rates and latencies are low and scattered; the CPU-per-work rows hold up better`
+      : "quiet"
+  }.**`
+  const body = `${status}
+
+- Run: ${machine.date}, ${quick ? "**--quick** (1 repetition, small sizes: indicative only)" : "full"}${only ? `, only ${only.join(", ")}` : ""}; took ${mmss}.
+- ${quiet.noisy ? "**Noisy run:** " : "Quiet run: "}other processes on the machine used ${quiet.foreignCpuSeconds.toFixed(0)} CPU-s during the run (${(quiet.foreignShare * 100).toFixed(1)} % of the ${machine.nproc} cores; over 5 % counts as noisy). 1-min load average (the suite itself keeps about 2 busy, and the thread-per-connection stunnel and backends add thousands of threads in the memory step): ${la.start.toFixed(2)} at the start, median ${la.median.toFixed(2)}, max ${la.max.toFixed(2)}, ${la.end.toFixed(2)} at the end.
 - Machine: ${machine.nproc} cores (${machine.cpu}), ${machine.memoryGiB} GiB, kernel ${machine.kernel}; Node ${machine.node}; ${machine.openssl} (the C peers and the generator); ${machine.stunnel}; ${machine.haproxy}; ${machine.nginx}.
 - Sleeve: \`apps/sidecar/dist/main.js run -c …\` executed directly through its \`${sleeve.shebang}\` line (Node flags: ${sleeve.nodeFlags.length ? `\`${sleeve.nodeFlags.join(" ")}\`` : "none"})${sleeve.built ? `; the suite rebuilt the artefact (it was ${sleeve.built})` : ""}.
 - Pinning (the kernel's Cpus_allowed_list, read during the run): ${pinning.join("; ")}.
