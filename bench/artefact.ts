@@ -15,8 +15,8 @@ export interface Artefact {
   readonly main: string
   /** Its `#!` line, as written by the build. */
   readonly shebang: string
-  /** The Node flags the `#!` line passes (empty for `#!/usr/bin/env node`). */
-  readonly nodeFlags: ReadonlyArray<string>
+  /** The Node flags the `#!` line passes (empty for `#!/usr/bin/env node`; undefined when the line does not run node directly). */
+  readonly nodeFlags: ReadonlyArray<string> | undefined
   /** Prepended to PATH for the child, so that `/usr/bin/env node` finds the repository's Node 24. */
   readonly pathPrefix: string
   /** Why it was (re)built, or undefined when the existing build was up to date. */
@@ -57,8 +57,8 @@ const newest = (path: string): { mtimeMs: number; file: string } => {
 
 /**
  * Splits a `#!` line into the interpreter's flags: `#!/usr/bin/env node`, `#!/usr/bin/env -S node
- * --flag …` and `#!/path/to/node --flag` are understood; anything else is refused, so that the
- * suite never measures Sleeve with flags other than the launcher's.
+ * --flag …` and `#!/path/to/node --flag` are understood; anything else throws. Only for the report:
+ * the suite always executes the file itself, so a launcher of another shape is measured as it is.
  */
 export const parseShebang = (line: string): ReadonlyArray<string> => {
   if (!line.startsWith("#!")) throw new Error(`dist/main.js does not start with a #! line: ${line.slice(0, 80)}`)
@@ -95,5 +95,11 @@ export const prepare = (root: string, node: string, log: (s: string) => void): A
   // The published package's `bin` is this file; its mode is the packer's business, not the build's.
   Fs.chmodSync(main, Fs.statSync(main).mode | 0o111)
   const shebang = Fs.readFileSync(main, "utf8").split("\n", 1)[0]!
-  return { main, shebang, nodeFlags: parseShebang(shebang), pathPrefix: Path.dirname(node), built: why }
+  let nodeFlags: ReadonlyArray<string> | undefined
+  try {
+    nodeFlags = parseShebang(shebang)
+  } catch (e) {
+    log(`${e instanceof Error ? e.message : String(e)}: executing it as it is`)
+  }
+  return { main, shebang, nodeFlags, pathPrefix: Path.dirname(node), built: why }
 }

@@ -136,7 +136,7 @@ const sleeveWith = (name: string, workers: number | undefined, cpus: string): Co
           const file = write(
             env,
             `sleeve-${name.replace(/\W+/g, "-")}-check.yaml`,
-            sleeveConfig(env, dummyPorts, 1, workers)
+            sleeveConfig(env, dummyPorts, 6, workers)
           )
           const r = spawnSync(env.sleeve.main, ["check", "-c", file], {
             encoding: "utf8",

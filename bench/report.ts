@@ -208,7 +208,8 @@ export const targets = (summary: ReadonlyArray<FigureSummary>, cap: number, slee
   // Multi-core: Sleeve with workers against Sleeve with one, where that contestant ran.
   const multi = Object.keys(summary[0]?.values ?? {}).find((n) => n.startsWith(`${sleeve} workers:`))
   if (multi)
-    for (const f of summary.filter((x) => x.id.startsWith("tput-") || ["hs-ec", "hs-rsa", "hs-mtls"].includes(x.id))) {
+    // One connection lives on one worker: only the 8-connection and handshake figures can scale.
+    for (const f of summary.filter((x) => /^tput-.*-8$/.test(x.id) || ["hs-ec", "hs-rsa", "hs-mtls"].includes(x.id))) {
       const one = f.values[sleeve]
       const n = f.values[multi]
       if (!one || !n) continue

@@ -85,7 +85,7 @@ if (missing.length > 0) {
 }
 const sleeve = Artefact.prepare(root, process.execPath, log)
 log(
-  `Sleeve: ${Path.relative(root, sleeve.main)} executed directly (${sleeve.shebang}; Node flags: ${sleeve.nodeFlags.join(" ") || "none"})`
+  `Sleeve: ${Path.relative(root, sleeve.main)} executed directly (${sleeve.shebang}; Node flags: ${sleeve.nodeFlags === undefined ? "not parsed" : sleeve.nodeFlags.join(" ") || "none"})`
 )
 
 // This script works on the generator's core too; the proxies get the other one to themselves.
@@ -255,7 +255,7 @@ try {
 - Run: ${machine.date}, ${quick ? "**--quick** (1 repetition, small sizes: indicative only)" : "full"}${only ? `, only ${only.join(", ")}` : ""}; took ${mmss}.
 - ${quiet.noisy ? "**Noisy run:** " : "Quiet run: "}other processes on the machine used ${quiet.foreignCpuSeconds.toFixed(0)} CPU-s during the run (${(quiet.foreignShare * 100).toFixed(1)} % of the ${machine.nproc} cores; over 5 % counts as noisy). 1-min load average (the suite itself keeps about 2 busy, and the thread-per-connection stunnel and backends add thousands of threads in the memory step): ${la.start.toFixed(2)} at the start, median ${la.median.toFixed(2)}, max ${la.max.toFixed(2)}, ${la.end.toFixed(2)} at the end.
 - Machine: ${machine.nproc} cores (${machine.cpu}), ${machine.memoryGiB} GiB, kernel ${machine.kernel}; Node ${machine.node}; ${machine.openssl} (the C peers and the generator); ${machine.stunnel}; ${machine.haproxy}; ${machine.nginx}.
-- Sleeve: \`apps/sidecar/dist/main.js run -c …\` executed directly through its \`${sleeve.shebang}\` line (Node flags: ${sleeve.nodeFlags.length ? `\`${sleeve.nodeFlags.join(" ")}\`` : "none"})${sleeve.built ? `; the suite rebuilt the artefact (it was ${sleeve.built})` : ""}.
+- Sleeve: \`apps/sidecar/dist/main.js run -c …\` executed directly through its \`${sleeve.shebang}\` line (Node flags: ${sleeve.nodeFlags === undefined ? "not parsed" : sleeve.nodeFlags.length ? `\`${sleeve.nodeFlags.join(" ")}\`` : "none"})${sleeve.built ? `; the suite rebuilt the artefact (it was ${sleeve.built})` : ""}.
 - Pinning (the kernel's Cpus_allowed_list, read during the run): ${pinning.join("; ")}.
 - Open files: soft limit raised to the hard limit, ${NOFILE}, for every process (the sandbox cannot raise the hard one). A proxy needs two descriptors per proxied connection, so the "10 000 connections" step holds at most ${lim.toLocaleString("en-US")}.
 - Parameters: ${JSON.stringify(params)}.
