@@ -183,10 +183,18 @@ export const startAndIdle = async (env: Env, contestants: ReadonlyArray<Contesta
 }
 
 /** Fresh process per sample: RSS before and with N idle established TLS connections (ECDSA, terminate). */
-export const memory = async (env: Env, contestants: ReadonlyArray<Contestant>, p: Params, out: Results) => {
+export const memory = async (
+  env: Env,
+  contestants: ReadonlyArray<Contestant>,
+  p: Params,
+  out: Results,
+  log: (s: string) => void = () => {}
+) => {
   for (let rep = 0; rep < p.memReps; rep++)
     for (const c of contestants) {
       if (c.kind === "baseline") continue
+      const t0 = performance.now()
+      const secs = () => `${((performance.now() - t0) / 1000).toFixed(0)} s`
       const r = await c.start(env, `mem${rep}`)
       try {
         const ports = Object.values(r.ports).filter((x): x is number => x !== undefined)
@@ -195,6 +203,7 @@ export const memory = async (env: Env, contestants: ReadonlyArray<Contestant>, p
         await sleep(p.idleSettleMs)
         const rss0 = treeRss(r)
         await Gen.hold(env, r.ports.termEc, p.holdSteps, { tls: true }, async (held, target) => {
+          log(`  ${c.name}: ${held} of ${target} idle connections held after ${secs()}`)
           if (held < target) out.notes.push(`${c.name}: held ${held} of ${target} idle connections`)
           await sleep(p.idleSettleMs)
           const rss = treeRss(r)
@@ -217,6 +226,7 @@ export const memory = async (env: Env, contestants: ReadonlyArray<Contestant>, p
         })
       } finally {
         for (const proc of r.procs) await stop(proc)
+        log(`  ${c.name}: done after ${secs()} (closing and stopping included)`)
       }
     }
 }

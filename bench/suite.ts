@@ -228,7 +228,7 @@ try {
   for (const { running } of live) for (const p of running.procs) await stop(p)
 
   await phase(`memory with ${params.holdSteps.join(" and ")} idle connections`, () =>
-    M.memory(env, contestants, params, results)
+    M.memory(env, contestants, params, results, log)
   )
 
   const summary = Report.summarize(results, contestants)
