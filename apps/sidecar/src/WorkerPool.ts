@@ -216,6 +216,8 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
       const w = cluster.fork({ [Workers.slotVariable]: String(slot.index) })
       slot.worker = w
       slot.ready = false
+      // How long a worker lived is measured from its own ready (onExit's backoff): not the last one's.
+      slot.readyAt = undefined
       let settled = false
       const settle = (error: string | undefined) => {
         if (settled) return
@@ -250,10 +252,19 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
       })
     })
 
+  /** What the workers that exited had counted (their last scrape): see `Metrics.retire`. */
+  let retired: Promise<Metrics.MetricsJson | undefined> = Promise.resolve(undefined)
+
   const onExit = (slot: Slot, w: Worker, code: number | null, signal: string | null) => {
     if (slot.worker !== w) return
     slot.worker = undefined
     slot.ready = false
+    const last = slot.lastMetrics
+    slot.lastMetrics = undefined
+    if (last !== undefined && last.pid === w.process.pid) {
+      const exited = last.metrics
+      retired = retired.then((r) => Metrics.retire(r, exited))
+    }
     for (const reply of [...slot.pending.values()]) reply(undefined)
     updateActive()
     if (!started || stopping) return
@@ -343,7 +354,25 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
           const r = replies[i]
           return r !== undefined && r.type === "sleeve:reloaded" && r.error === undefined
         })
-        await Promise.all(applied.map((s) => apply(s, snapshot)))
+        const undone = await Promise.all(applied.map((s) => apply(s, snapshot)))
+        // A worker that did not answer may still apply the new configuration later, and one whose
+        // undo failed is on it: either would serve something other than the configuration in
+        // force. Kill them; their replacements start from the snapshot in force.
+        const unknown = [
+          ...targets.filter((s, i) => replies[i] === undefined && s.worker !== undefined),
+          ...applied.filter((_, i) => {
+            const r = undone[i]
+            return r === undefined || r.type !== "sleeve:reloaded" || r.error !== undefined
+          })
+        ]
+        for (const s of new Set(unknown)) {
+          log("error", "worker_killed", {
+            worker: s.index,
+            pid: s.worker?.process.pid,
+            reason: "its configuration is unknown after a failed reload; it is replaced on the configuration in force"
+          })
+          s.worker?.process.kill("SIGKILL")
+        }
         throw new Error(problems.join("; "))
       }),
     drain: async (deadlineMs) => {
@@ -399,7 +428,8 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
           return s.lastMetrics !== undefined && s.lastMetrics.pid === pid ? [s.lastMetrics.metrics] : []
         })
       )
-      return Metrics.aggregateText(metrics.registry, collected.flat())
+      const gone = await retired
+      return Metrics.aggregateText(metrics.registry, [...collected.flat(), ...(gone === undefined ? [] : [gone])])
     }
   }
 }

@@ -848,6 +848,19 @@ export const aggregateText = async (primary: Prom.Registry, workers: ReadonlyArr
   return Prom.AggregatorRegistry.aggregate([own, ...workers.map((w) => adjust(w, false))]).metrics()
 }
 
+/**
+ * The counters and histograms of `exited` (the last metrics a worker that is gone sent) added to
+ * `retired` (those of the workers gone before it): the primary keeps summing them into `/metrics`,
+ * so that the sidecar's counters never go down when a worker exits (Prometheus would read that as
+ * a counter reset and count everything since as new). Gauges are dropped: they describe a process.
+ */
+export const retire = async (retired: MetricsJson | undefined, exited: MetricsJson): Promise<MetricsJson> => {
+  const monotonic = (ms: MetricsJson) => ms.filter((m) => String(m.type) === "counter" || String(m.type) === "histogram")
+  return Prom.AggregatorRegistry.aggregate(
+    [...(retired === undefined ? [] : [retired]), monotonic(exited)].map((ms) => [...ms])
+  ).getMetricsAsJSON()
+}
+
 // ---------------------------------------------------------------------------------------------
 // TLS error classification
 // ---------------------------------------------------------------------------------------------

@@ -463,6 +463,10 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
   it("a killed worker is replaced, with a new pid, and serves again", async () => {
     const before = await fullStatus()
     const victim = before.workers.find((w) => w.worker === 1)!
+    expect(victim.listeners?.find((l) => l.name === "in")?.totalConnections).toBeGreaterThan(0)
+    // What the victim counted is in this scrape; it must stay in the sum once the victim is gone.
+    const key = 'sleeve_connections_total{listener="in"}'
+    const counted = (await scrape()).get(key) ?? -1
     const from = daemon!.events().length
     process.kill(victim.pid, "SIGKILL")
     const exited = await daemon!.waitForEvent("worker_exited", (e) => e.worker === 1, {
@@ -482,6 +486,8 @@ describe("sleeve run with workers: 2", { timeout: 90_000 }, () => {
     expect(bobs.results).toEqual(Array(bobs.results.length).fill(accepted))
     for (const m of bobs.moved) expect(m).toBeGreaterThan(0)
     const metrics = await scrape()
+    // The sum never went down: the victim's last-scraped counts, plus everything served since.
+    expect(metrics.get(key)).toBe(counted + bobs.results.length)
     expect(metrics.get("sleeve_worker_restarts_total")).toBe(1)
     expect(metrics.get("sleeve_workers_active")).toBe(2)
   })
