@@ -161,8 +161,9 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
       const proxy: Backend = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: async (): Promise<Backend> => {
-            // Taken either way: the bytes read (key files included) are kept only until the
-            // workers, if any, have them.
+            // Taken either way. With workers the primary keeps the bytes read (key files
+            // included) in memory for as long as they are in force: a restarted worker starts
+            // from them. Without workers they are dropped here.
             const snapshot = activated.take()
             return workers > 1
               ? (await import("./WorkerPool.ts")).start(first.success, snapshot, {
@@ -198,15 +199,29 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
       let waitingSince: number | undefined
       /**
        * Defers the reload while a file is being written: it runs again when every file has been
-       * left alone for `settleMs`. Returns false when the files are settled, or have kept changing
-       * for longer than `maxSettleWaitMs` (then the reload goes ahead, guarded by the checks of
-       * activation alone: a file that never stops changing must not block reloads forever).
+       * left alone for `settleMs`. Returns false when the files are settled. Files that keep
+       * changing for longer than `maxSettleWaitMs` fail the reload (returns true): reading them
+       * mid-write could activate a configuration cut short, e.g. a YAML file ending before
+       * `verifyPeer: require` (fail closed: the configuration in force stays; the next change of
+       * a file tries again).
        */
       const deferWhileWritten = (trigger: string, files: ReadonlyArray<string>): boolean => {
         const now = Date.now()
         const busy = settleWait(files, settleMs, now)
         if (busy === undefined) return false
-        if (waitingSince !== undefined && now - waitingSince > maxSettleWaitMs) return false
+        if (waitingSince !== undefined && now - waitingSince > maxSettleWaitMs) {
+          const problem = `${busy.file}: still changing after ${maxSettleWaitMs / 1000}s of waiting for it to be left alone for ${settleMs} ms: not read (write it to a temporary file and rename that over it)`
+          waitingSince = undefined
+          pending = undefined
+          metrics.configReload("failed")
+          Object.assign(lastReload, { result: "failed", at: new Date().toISOString(), problems: [problem] })
+          log("error", "reload_failed", {
+            trigger,
+            problems: [problem],
+            note: "the previous configuration stays active"
+          })
+          return true
+        }
         if (waitingSince === undefined) {
           waitingSince = now
           // Logged once per wait, not once per trigger (a SIGHUP storm during a write).
@@ -338,6 +353,8 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
         })
       )
 
+      let adminErrors = 0
+      let adminErrorLoggedAt = Number.NEGATIVE_INFINITY
       const admin = first.success.config.admin
       let adminAddress: string | undefined
       if (admin !== undefined && admin.listen._tag === "Tcp") {
@@ -350,6 +367,15 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
                 ? metrics
                 : { ...metrics, metricsText: Effect.promise(proxy.metricsText) },
             ready: () => draining === undefined && proxy.status().ready,
+            // At most one line a minute (an accept error repeats for as long as its cause lasts).
+            onServerError: (e) => {
+              const now = Date.now()
+              adminErrors++
+              if (now - adminErrorLoggedAt < 60_000) return
+              log("warn", "admin_error", { error: e.message, count: adminErrors })
+              adminErrorLoggedAt = now
+              adminErrors = 0
+            },
             status: async () => {
               const a = proxy.current()
               const details = await proxy.details?.()

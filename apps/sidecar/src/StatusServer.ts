@@ -26,6 +26,11 @@ export interface Sources {
   readonly ready: () => boolean
   /** `/status` body. */
   readonly status: () => unknown | Promise<unknown>
+  /**
+   * An error of the bound server (an `accept()` failure: out of descriptors or socket memory):
+   * reported here instead of crashing the process; the endpoint keeps serving.
+   */
+  readonly onServerError?: (error: Error) => void
 }
 
 /** The endpoint, once bound. */
@@ -112,6 +117,7 @@ export const serve = (
       server.once("error", onError)
       server.listen(address.port, address.host, () => {
         server.off("error", onError)
+        server.on("error", (e: Error) => sources.onServerError?.(e))
         resume(Effect.succeed(server))
       })
     }),
