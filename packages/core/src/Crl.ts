@@ -122,6 +122,16 @@ export const parsePem = (text: string, source?: string): Result.Result<ReadonlyA
       x509: crl
     })
   }
+  // A file cut short (written in place while it was read) ends in a block without its END line:
+  // that is a broken file, not a shorter list of CRLs.
+  const begun = text.match(/-----BEGIN X509 CRL-----/g)?.length ?? 0
+  if (begun > out.length)
+    return Result.fail(
+      new CrlError({
+        reason: "Malformed",
+        message: `${where}CRL #${out.length + 1} is incomplete: a BEGIN X509 CRL line without its END line (a file cut short?)`
+      })
+    )
   if (out.length === 0)
     return Result.fail(new CrlError({ reason: "NoCrl", message: `${source ?? "the text"} holds no X509 CRL block` }))
   return Result.succeed(out)

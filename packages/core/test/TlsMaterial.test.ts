@@ -461,6 +461,13 @@ requireDualUse: true`)
         [2, "CN=Sleeve Issuing CA,O=Example Corp", expect.any(String)]
       ])
       expect(loaded.material?.secureContextOptions.crl).toEqual([good.pem, interCrl.pem])
+      // The same file cut in the middle of its second CRL (written in place while read): broken,
+      // not a file of one CRL.
+      const cut = good.pem + interCrl.pem.slice(0, Math.floor(interCrl.pem.length / 2))
+      const halfWritten = await pki.write("two-cut.crl.pem", cut)
+      const loadedCut = load(configOf(`type: client\ncaFile: ${both}\ncrlFile: ${halfWritten}`))
+      expect(loadedCut.material).toBeUndefined()
+      expect(lines(loadedCut).join("\n")).toMatch(/CRL #2 is incomplete: a BEGIN X509 CRL line without its END line/)
     })
 
     it("a CA of caFile without a CRL, and a stale CRL, are warned about; crlStale decides who applies the CRL", async () => {
