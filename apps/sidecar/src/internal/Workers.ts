@@ -16,23 +16,45 @@ import * as Os from "node:os"
 export const slotVariable = "SLEEVE_WORKER_SLOT"
 
 /**
+ * The tightest cgroup v2 CPU quota over this process's cgroup and its ancestors, in CPUs
+ * (`cpu.max` = `<quota> <period>`, or `max`): a Kubernetes CPU limit is on the container's cgroup
+ * (often the namespace root inside the container), a systemd `CPUQuota=` on the service's cgroup
+ * below the root. `undefined` when none applies (no quota, cgroup v1, not Linux).
+ */
+export const cgroupCpuLimit = (
+  readFile: (path: string) => string = (p) => Fs.readFileSync(p, "utf8")
+): number | undefined => {
+  let own = "/"
+  try {
+    // cgroup v2: the one line `0::/path/of/the/cgroup`.
+    own = /^0::(\/.*)$/m.exec(readFile("/proc/self/cgroup"))?.[1] ?? "/"
+  } catch {
+    // Not Linux: only the root is tried, and it is absent too.
+  }
+  let limit: number | undefined
+  for (let dir = own.replace(/\/+$/, ""); ; dir = dir.slice(0, dir.lastIndexOf("/"))) {
+    try {
+      const [quota, period] = readFile(`/sys/fs/cgroup${dir}/cpu.max`).trim().split(/\s+/)
+      const q = Number(quota)
+      const p = Number(period)
+      if (quota !== "max" && Number.isFinite(q) && Number.isFinite(p) && q > 0 && p > 0)
+        limit = Math.min(limit ?? Number.POSITIVE_INFINITY, q / p)
+    } catch {
+      // No cpu.max at this level (the root has none, or the controller is not enabled here).
+    }
+    if (dir === "") break
+  }
+  return limit
+}
+
+/**
  * CPUs this process may use: the scheduler's view (affinity, cpusets: `os.availableParallelism`)
- * capped by a cgroup v2 CPU quota (`/sys/fs/cgroup/cpu.max`, which is how Kubernetes CPU limits
- * arrive), rounded up.
+ * capped by the cgroup v2 CPU quota ({@link cgroupCpuLimit}), rounded up.
  */
 export const availableCpus = (): number => {
   const cpus = Os.availableParallelism()
-  try {
-    const [quota, period] = Fs.readFileSync("/sys/fs/cgroup/cpu.max", "utf8").trim().split(/\s+/)
-    const q = Number(quota)
-    const p = Number(period)
-    if (quota !== "max" && Number.isFinite(q) && Number.isFinite(p) && q > 0 && p > 0) {
-      return Math.max(1, Math.min(cpus, Math.ceil(q / p)))
-    }
-  } catch {
-    // No cgroup v2 CPU controller here (not Linux, or cgroup v1): the scheduler's view stands.
-  }
-  return cpus
+  const limit = cgroupCpuLimit()
+  return limit === undefined ? cpus : Math.max(1, Math.min(cpus, Math.ceil(limit)))
 }
 
 /** How many worker processes a `workers` setting asks for; 1 means no worker process at all. */
