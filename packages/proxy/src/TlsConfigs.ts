@@ -217,7 +217,7 @@ export const makeFromFile = (
             const s =
               a._tag === "Unix"
                 ? Net.connect({ path: a.path, allowHalfOpen: true })
-                : Net.connect({ host: a.host, port: a.port, allowHalfOpen: true })
+                : Net.connect({ host: a.host, port: a.port, allowHalfOpen: true, noDelay: true })
             s.once("connect", () => resume(Effect.succeed(s)))
             s.once("error", (e) => resume(Effect.fail(new ConnectError({ target, message: e.message, cause: e }))))
             return Effect.sync(() => s.destroy())

@@ -330,6 +330,8 @@ listeners:
 `
     )
     const trace = join(pki.dir, "strace.txt")
+    /** The listener's port, once it is up. */
+    let port = 0
     // As ExecStart runs /usr/local/bin/sleeve (npm's link to dist/main.js, made executable by
     // npm): the file itself, so its shebang's env and node are traced (the sources: node main.ts).
     if (!fromSource) await chmod(main, 0o755)
@@ -348,7 +350,7 @@ listeners:
         admin: string
         listeners: ReadonlyArray<{ name: string; listen: string }>
       }
-      const port = Number(ready.listeners[0]!.listen.split(":").at(-1))
+      port = Number(ready.listeners[0]!.listen.split(":").at(-1))
       // The traced process is strace's child: signals go to it, not to strace.
       const sleevePid = Number(
         (await readFile(`/proc/${daemon.child.pid}/task/${daemon.child.pid}/children`, "utf8")).trim().split(" ")[0]
@@ -400,6 +402,21 @@ listeners:
     const opened = new Set([...text.matchAll(/\bsocket\((AF_[A-Z0-9]+)/g)].map((m) => m[1]!))
     expect(opened.has("AF_INET")).toBe(true)
     expect([...opened].filter((f) => !families.has(f))).toEqual([])
+
+    // Nagle is off on both legs, as in the C proxies: every socket accepted on the listener and
+    // every socket dialled to the target gets TCP_NODELAY (with it on, handshakes waited for
+    // delayed ACKs: docs/performance.md). strace -f prefixes each line with the pid.
+    const fdsOf = (re: RegExp) => [...text.matchAll(re)].map((m) => `${m[1]} ${m[2]}`)
+    const noDelay = new Set(fdsOf(/^(\d+)\s+setsockopt\((\d+), (?:SOL_TCP|IPPROTO_TCP), TCP_NODELAY, \[1\]/gm))
+    // Every accepted socket: the listener's two connections and the admin endpoint's (Node's
+    // HTTP server sets TCP_NODELAY on its own).
+    const accepted = [...text.matchAll(/^(\d+)\s+accept4\(\d+, .*\) = (\d+)$/gm)].map((m) => `${m[1]} ${m[2]}`)
+    const dialled = fdsOf(
+      new RegExp(`^(\\d+)\\s+connect\\((\\d+), \\{sa_family=AF_INET6?, sin6?_port=htons\\(${echoPort}\\)`, "gm")
+    )
+    expect(accepted.length).toBeGreaterThanOrEqual(3)
+    expect(dialled.length).toBe(2)
+    expect([...accepted, ...dialled].filter((fd) => !noDelay.has(fd))).toEqual([])
 
     // What MemoryDenyWriteExecute=yes would forbid, and why the unit leaves it off.
     expect(text).toMatch(/\b(mmap|mprotect)\([^)]*PROT_WRITE\|PROT_EXEC/)
