@@ -327,6 +327,7 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
       serial(async () => {
         await probeNewAddresses(current, next)
         const targets = live()
+        const asked = targets.map((s) => s.worker?.process.pid)
         const apply = (s: Slot, snap: Snapshot) =>
           request(s, (id) => ({ type: "sleeve:reload", id, snapshot: snap }), reloadTimeoutMs)
         const replies = await Promise.all(targets.map((s) => apply(s, nextSnapshot)))
@@ -359,7 +360,10 @@ export const start = async (first: Activated, firstSnapshot: Snapshot, options: 
         // undo failed is on it: either would serve something other than the configuration in
         // force. Kill them; their replacements start from the snapshot in force.
         const unknown = [
-          ...targets.filter((s, i) => replies[i] === undefined && s.worker !== undefined),
+          // (Not a replacement that started meanwhile: it runs the snapshot in force.)
+          ...targets.filter(
+            (s, i) => replies[i] === undefined && s.worker !== undefined && s.worker.process.pid === asked[i]
+          ),
           ...applied.filter((_, i) => {
             const r = undone[i]
             return r === undefined || r.type !== "sleeve:reloaded" || r.error !== undefined
