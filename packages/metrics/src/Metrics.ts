@@ -855,7 +855,8 @@ export const aggregateText = async (primary: Prom.Registry, workers: ReadonlyArr
  * a counter reset and count everything since as new). Gauges are dropped: they describe a process.
  */
 export const retire = async (retired: MetricsJson | undefined, exited: MetricsJson): Promise<MetricsJson> => {
-  const monotonic = (ms: MetricsJson) => ms.filter((m) => String(m.type) === "counter" || String(m.type) === "histogram")
+  const monotonic = (ms: MetricsJson) =>
+    ms.filter((m) => String(m.type) === "counter" || String(m.type) === "histogram")
   return Prom.AggregatorRegistry.aggregate(
     [...(retired === undefined ? [] : [retired]), monotonic(exited)].map((ms) => [...ms])
   ).getMetricsAsJSON()
