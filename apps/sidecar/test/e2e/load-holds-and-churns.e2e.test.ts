@@ -6,8 +6,8 @@
  * handshake latency (measured at the client: connect → secureConnect) is printed and written to
  * the figures file.
  *
- * The default size fits the README test command on a loaded 2-core machine (1 000 held, 10 s of
- * churn). The soak — 5 000 held, 60 s of churn — runs with `SLEEVE_SOAK=1` (see docs/security.md).
+ * The default size fits the README test command on a loaded 2-core machine (1 000 held, 15 s of
+ * churn). The soak — 5 000 held, 90 s of churn — runs with `SLEEVE_SOAK=1` (see docs/security.md).
  * The sidecar is started under `ulimit -n` raised to the hard limit; the test fails with a clear
  * message when the hard limit cannot hold the run.
  */
@@ -23,7 +23,7 @@ import { childEnv, main, node } from "../support/Sleeve.ts"
 
 const soak = process.env.SLEEVE_SOAK === "1"
 const HELD = Number(process.env.SLEEVE_LOAD_HELD ?? (soak ? 5000 : 1000))
-const CHURN_MS = Number(process.env.SLEEVE_LOAD_CHURN_MS ?? (soak ? 60_000 : 10_000))
+const CHURN_MS = Number(process.env.SLEEVE_LOAD_CHURN_MS ?? (soak ? 90_000 : 15_000))
 /** Handshakes in flight at once while opening the held connections. */
 const OPENING = 100
 /** Concurrent connections during the churn. */
@@ -185,8 +185,8 @@ describe(`load: ${HELD} held TLS connections, then ${CHURN_MS / 1000} s of churn
     expect(echoes.every(Boolean)).toBe(true)
     await closeAll(held)
 
-    // Churn, in two equal rounds: a leak grows with the number of connections served, so the
-    // second round must not add to what the first left behind.
+    // Churn, in three equal rounds: a leak grows with the number of connections served, so the
+    // later rounds must not keep adding to what the first left behind.
     const churnMs: Array<number> = []
     let failures = 0
     const churn = async (ms: number) => {
@@ -214,20 +214,26 @@ describe(`load: ${HELD} held TLS connections, then ${CHURN_MS / 1000} s of churn
       await sleep(3000)
       return rssOf(pid)
     }
-    const afterRound1 = await churn(CHURN_MS / 2)
+    const afterRound1 = await churn(CHURN_MS / 3)
     const round1 = churnMs.length
-    const afterRound2 = await churn(CHURN_MS / 2)
+    const afterRound2 = await churn(CHURN_MS / 3)
+    const round2 = churnMs.length - round1
+    const afterRound3 = await churn(CHURN_MS / 3)
     expect(failures).toBe(0)
     expect(round1).toBeGreaterThan(CHURNERS)
-    expect(churnMs.length - round1).toBeGreaterThan(CHURNERS)
-    const after = { rss: afterRound2, fds: fdsOf(pid) }
+    expect(round2).toBeGreaterThan(CHURNERS)
+    expect(churnMs.length - round1 - round2).toBeGreaterThan(CHURNERS)
+    const after = { rss: afterRound3, fds: fdsOf(pid) }
     expect(after.fds).toBeLessThanOrEqual(baseline.fds)
-    // No leak: the second round (as many connections again) leaves RSS where the first did,
-    // within 32 MiB. (RSS does not fall back to the pre-load baseline: V8 keeps the heap it grew
-    // to and glibc keeps freed arenas — that is retention, bounded, not growth.)
+    // No leak: a leak grows RSS in every round by what it keeps per connection; retention (V8
+    // keeping the heap it grew to, glibc keeping freed arenas) is bounded, and settles in some
+    // round after the first. So the smaller of the growths of rounds 2 and 3 (each as many
+    // connections again as round 1) stays within 32 MiB. (One round alone was seen to add up to
+    // 33.5 MiB of retention on a loaded CI machine.)
+    const growth = Math.min(afterRound2 - afterRound1, afterRound3 - afterRound2)
     expect(
-      afterRound2 - afterRound1,
-      `RSS after round 1 ${afterRound1 / MiB} MiB, after round 2 ${afterRound2 / MiB} MiB (baseline ${baseline.rss / MiB}, peak ${peak.rss / MiB})`
+      growth,
+      `RSS after round 1 ${afterRound1 / MiB} MiB, round 2 ${afterRound2 / MiB} MiB, round 3 ${afterRound3 / MiB} MiB (baseline ${baseline.rss / MiB}, peak ${peak.rss / MiB})`
     ).toBeLessThan(32 * MiB)
     expect(daemon.stderr()).not.toMatch(/EMFILE|Error/)
 
@@ -237,10 +243,10 @@ describe(`load: ${HELD} held TLS connections, then ${CHURN_MS / 1000} s of churn
       "",
       `- held: ${HELD} concurrent TLS connections (TLS 1.3, echo round trip each), opened ${OPENING} at a time in ${f(openedIn / 1000)} s`,
       `- handshake latency while opening: p50 ${f(percentile(heldMs, 50))} ms, p99 ${f(percentile(heldMs, 99))} ms, max ${f(Math.max(...heldMs))} ms`,
-      `- churn: ${CHURN_MS / 1000} s, ${CHURNERS} concurrent, ${churnMs.length} connections (${f(churnMs.length / (CHURN_MS / 1000))}/s), ${failures} failures`,
+      `- churn: ${CHURN_MS / 1000} s in three rounds, ${CHURNERS} concurrent, ${churnMs.length} connections (${f(churnMs.length / (CHURN_MS / 1000))}/s), ${failures} failures`,
       `- handshake latency under churn: p50 ${f(percentile(churnMs, 50))} ms, p99 ${f(percentile(churnMs, 99))} ms`,
       `- sidecar fds: baseline ${baseline.fds}, held ${peak.fds}, after ${after.fds}`,
-      `- sidecar RSS: baseline ${f(baseline.rss / MiB)} MiB, held ${f(peak.rss / MiB)} MiB, after churn round 1 ${f(afterRound1 / MiB)} MiB (${round1} connections), after round 2 ${f(afterRound2 / MiB)} MiB (${churnMs.length - round1} more)`,
+      `- sidecar RSS: baseline ${f(baseline.rss / MiB)} MiB, held ${f(peak.rss / MiB)} MiB, after churn round 1 ${f(afterRound1 / MiB)} MiB (${round1} connections), after round 2 ${f(afterRound2 / MiB)} MiB (${round2} more), after round 3 ${f(afterRound3 / MiB)} MiB (${churnMs.length - round1 - round2} more)`,
       ""
     ].join("\n")
     console.log(report)
