@@ -15,7 +15,7 @@
  * `SLEEVE_BULK_MIB` overrides either (see docs/security.md).
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { freePort, listen } from "@sleeve/testing/Net"
+import { close, freePort, listen, makeConnections } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { createHash, randomBytes, X509Certificate } from "node:crypto"
 import * as Fs from "node:fs"
@@ -35,7 +35,7 @@ const FIGURES = process.env.SLEEVE_FIGURES_FILE
 let pki: TestPki.TestPki
 const pairs: Array<TestPki.Identity> = []
 let echo: Net.Server
-const echoSockets = new Set<Net.Socket>()
+const echoSockets = makeConnections()
 let sleeve: SleeveDaemon
 
 /** Points `live` at `pair-<n>` atomically (a new symlink renamed over the old one). */
@@ -62,9 +62,7 @@ beforeAll(async () => {
   }
   swapTo(0)
   echo = Net.createServer((s) => {
-    echoSockets.add(s)
-    s.on("close", () => echoSockets.delete(s))
-    s.on("error", () => {})
+    echoSockets.track(s)
     s.pipe(s)
   })
   const echoPort = await listen(echo)
@@ -91,8 +89,7 @@ listeners:
 
 afterAll(async () => {
   await sleeve?.stop("SIGTERM")
-  for (const s of echoSockets) s.destroy()
-  echo?.close()
+  if (echo !== undefined) await close(echo, echoSockets.sockets)
   await pki?.cleanup()
 })
 

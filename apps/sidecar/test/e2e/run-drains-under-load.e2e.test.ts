@@ -13,7 +13,7 @@
  *   reason `aborted`, and what it had received until then is an exact prefix of what it sent.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { listen } from "@sleeve/testing/Net"
+import { close, listen, makeConnections } from "@sleeve/testing/Net"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { waitUntil } from "@sleeve/testing/Wait"
 import { createHash, randomBytes } from "node:crypto"
@@ -30,7 +30,7 @@ const CHUNK = 64 * 1024
 let pki: TestPki.TestPki
 let root: TestPki.Identity
 let echo: Net.Server
-const echoSockets = new Set<Net.Socket>()
+const echoSockets = makeConnections()
 let sleeve: SleeveDaemon
 
 beforeAll(async () => {
@@ -42,9 +42,7 @@ beforeAll(async () => {
     san: { dns: ["localhost"], ip: ["127.0.0.1"] }
   })
   echo = Net.createServer((s) => {
-    echoSockets.add(s)
-    s.on("close", () => echoSockets.delete(s))
-    s.on("error", () => {})
+    echoSockets.track(s)
     s.pipe(s)
   })
   const echoPort = await listen(echo)
@@ -67,8 +65,7 @@ listeners:
 
 afterAll(async () => {
   await sleeve?.stop("SIGKILL")
-  for (const s of echoSockets) s.destroy()
-  echo?.close()
+  if (echo !== undefined) await close(echo, echoSockets.sockets)
   await pki?.cleanup()
 })
 

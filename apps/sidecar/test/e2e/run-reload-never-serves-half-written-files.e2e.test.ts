@@ -21,7 +21,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as Exposition from "@sleeve/testing/Exposition"
-import { listen } from "@sleeve/testing/Net"
+import { close, listen, makeConnections } from "@sleeve/testing/Net"
 import * as Process from "@sleeve/testing/Process"
 import * as TestPki from "@sleeve/testing/TestPki"
 import { sleep, waitUntil } from "@sleeve/testing/Wait"
@@ -37,7 +37,7 @@ let pki: TestPki.TestPki
 let root: TestPki.Identity
 const pairs: Array<TestPki.Identity> = []
 let echo: Net.Server
-const echoSockets = new Set<Net.Socket>()
+const echoSockets = makeConnections()
 let sleeve: SleeveDaemon
 
 const fingerprint = (id: TestPki.Identity): string => new X509Certificate(id.certPem).fingerprint256
@@ -56,9 +56,7 @@ beforeAll(async () => {
     )
   }
   echo = Net.createServer((s) => {
-    echoSockets.add(s)
-    s.on("close", () => echoSockets.delete(s))
-    s.on("error", () => {})
+    echoSockets.track(s)
     s.pipe(s)
   })
   const echoPort = await listen(echo)
@@ -82,8 +80,7 @@ listeners:
 
 afterAll(async () => {
   await sleeve?.stop("SIGTERM")
-  for (const s of echoSockets) s.destroy()
-  echo?.close()
+  if (echo !== undefined) await close(echo, echoSockets.sockets)
   await pki?.cleanup()
 })
 
