@@ -21,10 +21,10 @@
  * Variants are interleaved (run 1 of each, run 2 of each, …); medians with min–max are printed.
  * The machine's load average is printed too: figures from a loaded machine are not comparable.
  */
+import { freePort } from "@sleeve/testing/Net"
 import { spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -77,16 +77,6 @@ if (variants.length === 0) {
   )
   process.exit(2)
 }
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const s = Net.createServer()
-    s.once("error", reject)
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as Net.AddressInfo).port
-      s.close(() => resolve(port))
-    })
-  })
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
