@@ -102,32 +102,29 @@ const presented = (socket: Tls.TLSSocket): CorePolicy.Presented => {
 }
 
 /**
- * One decision cache per activated material: a reload activates new material, so a new cache
- * (PeerPolicy.makeCache: only verified chains are remembered).
+ * `make(material)`, built once per activated material and kept while it is: a reload activates
+ * new material, so it gets a new one.
  */
-const caches = new WeakMap<TlsMaterial.Material, CorePolicy.DecisionCache>()
-const cacheOf = (material: TlsMaterial.Material): CorePolicy.DecisionCache => {
-  let cache = caches.get(material)
-  if (cache === undefined) {
-    cache = CorePolicy.makeCache(material.config)
-    caches.set(material, cache)
+const perMaterial = <A>(make: (material: TlsMaterial.Material) => A): ((material: TlsMaterial.Material) => A) => {
+  const built = new WeakMap<TlsMaterial.Material, A>()
+  return (material) => {
+    let a = built.get(material)
+    if (a === undefined) {
+      a = make(material)
+      built.set(material, a)
+    }
+    return a
   }
-  return cache
 }
 
+/** The peer decision cache of a material (PeerPolicy.makeCache: only verified chains are remembered). */
+const cacheOf = perMaterial((material) => CorePolicy.makeCache(material.config))
+
 /**
- * The client role's SecureContext, one per activated material (a reload activates new material,
- * so a new context). The server role's lives in its engine's `tls.Server`, also one per material.
+ * The client role's SecureContext, one per activated material. The server role's lives in its
+ * engine's `tls.Server`, also one per material.
  */
-const secureContexts = new WeakMap<TlsMaterial.Material, Tls.SecureContext>()
-const secureContextOf = (material: TlsMaterial.Material): Tls.SecureContext => {
-  let context = secureContexts.get(material)
-  if (context === undefined) {
-    context = Tls.createSecureContext(material.secureContextOptions)
-    secureContexts.set(material, context)
-  }
-  return context
-}
+const secureContextOf = perMaterial((material) => Tls.createSecureContext(material.secureContextOptions))
 
 // ---------------------------------------------------------------------------------------------
 // Revocation (issue 13 §2)
