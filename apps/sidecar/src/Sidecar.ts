@@ -205,6 +205,16 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
        * `verifyPeer: require` (fail closed: the configuration in force stays; the next change of
        * a file tries again).
        */
+      /** Counts a reload's result and keeps it for /status. */
+      const record = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
+        metrics.configReload(result)
+        Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
+      }
+      /** A reload that changed nothing: logged once with why, and recorded. */
+      const failed = (trigger: string, problems: ReadonlyArray<string>) => {
+        log("error", "reload_failed", { trigger, problems, note: "the previous configuration stays active" })
+        record("failed", problems)
+      }
       const deferWhileWritten = (trigger: string, files: ReadonlyArray<string>): boolean => {
         const now = Date.now()
         const busy = settleWait(files, settleMs, now)
@@ -213,13 +223,7 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
           const problem = `${busy.file}: still changing after ${maxSettleWaitMs / 1000}s of waiting for it to be left alone for ${settleMs} ms: not read (write it to a temporary file and rename that over it)`
           waitingSince = undefined
           pending = undefined
-          metrics.configReload("failed")
-          Object.assign(lastReload, { result: "failed", at: new Date().toISOString(), problems: [problem] })
-          log("error", "reload_failed", {
-            trigger,
-            problems: [problem],
-            note: "the previous configuration stays active"
-          })
+          failed(trigger, [problem])
           return true
         }
         if (waitingSince === undefined) {
@@ -260,9 +264,8 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
         if (Result.isSuccess(next) && deferWhileWritten(trigger, next.success.files)) return
         reloading = true
         waitingSince = undefined
-        const done = (result: "ok" | "failed", problems: ReadonlyArray<string>) => {
-          metrics.configReload(result)
-          Object.assign(lastReload, { result, at: new Date().toISOString(), problems })
+        /** The reload is over: run the one that arrived meanwhile, if any. */
+        const done = () => {
           reloading = false
           const again = pending
           pending = undefined
@@ -270,8 +273,8 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
         }
         if (Result.isFailure(next)) {
           const problems = next.failure.problems.filter((p) => p.severity === "error").map(ConfigFile.formatProblem)
-          log("error", "reload_failed", { trigger, problems, note: "the previous configuration stays active" })
-          done("failed", problems)
+          failed(trigger, problems)
+          done()
           return
         }
         if (Workers.count(next.success.config.workers) !== workers) {
@@ -288,17 +291,13 @@ const serve = (options: RunOptions): Effect.Effect<void, Error> =>
             armCrlTimer(next.success)
             watch(next.success.files)
             log("info", "reloaded", { trigger, warnings: next.success.warnings.map(ConfigFile.formatProblem) })
-            done("ok", [])
+            record("ok", [])
+            done()
           })
           .catch((e: unknown) => {
             // e.g. a new listener's address in use: nothing changed, the old listeners serve on.
-            const problem = e instanceof Error ? e.message : String(e)
-            log("error", "reload_failed", {
-              trigger,
-              problems: [problem],
-              note: "the previous configuration stays active"
-            })
-            done("failed", [problem])
+            failed(trigger, [e instanceof Error ? e.message : String(e)])
+            done()
           })
       }
 
