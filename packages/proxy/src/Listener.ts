@@ -131,11 +131,7 @@ const connectTarget = (
   timeoutMs: number
 ): Promise<Result.Result<Net.Socket, { reason: "target_unreachable" | "target_timeout"; error: Error }>> =>
   new Promise((resolve) => {
-    const socket =
-      target._tag === "Unix"
-        ? Net.connect({ path: target.path, allowHalfOpen: true })
-        : // Nagle off, as HAProxy, nginx and stunnel do: a proxy forwards what it has at once.
-          Net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true })
+    const socket = Pipe.dial(target)
     const timer = setTimeout(() => {
       socket.destroy()
       resolve(Result.fail({ reason: "target_timeout", error: new Error(`connect timed out after ${timeoutMs} ms`) }))

@@ -10,8 +10,18 @@
  * Deliberately no Effect here: EFFECT4.md §3 measured that moving bytes through Effect's socket
  * reader doubles CPU. Effect composes the lifecycle around this.
  */
-import type * as Net from "node:net"
+import type { ConfigFile } from "@sleeve/core"
+import * as Net from "node:net"
 import type { Transform } from "node:stream"
+
+/**
+ * Opens a socket to `address` as a relay needs it: half-open allowed and, over TCP, Nagle off
+ * (TCP_NODELAY, as HAProxy, nginx and stunnel set it: a proxy forwards what it has at once).
+ */
+export const dial = (address: ConfigFile.Address): Net.Socket =>
+  address._tag === "Unix"
+    ? Net.connect({ path: address.path, allowHalfOpen: true })
+    : Net.connect({ host: address.host, port: address.port, allowHalfOpen: true, noDelay: true })
 
 /** Why a relay ended. */
 export type EndReason = "closed" | "idle_timeout" | "error" | "aborted"

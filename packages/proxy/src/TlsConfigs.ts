@@ -25,9 +25,10 @@ import { ConfigFile, TlsMaterial } from "@sleeve/core"
 import { Metrics } from "@sleeve/metrics"
 import { Context, Data, Effect, Exit, Layer, type Redacted, Result, Scope } from "effect"
 import * as Fs from "node:fs"
-import * as Net from "node:net"
+import type * as Net from "node:net"
 import type * as Tls from "node:tls"
 import type { EventSink } from "./EventLog.ts"
+import * as Pipe from "./Pipe.ts"
 import * as TlsSession from "./TlsSession.ts"
 
 /** A TLS configuration name that is not in the file, is disabled, or is of the other type. */
@@ -214,10 +215,7 @@ export const makeFromFile = (
         const a = address.success
         const socket = yield* Effect.acquireRelease(
           Effect.callback<Net.Socket, ConnectError>((resume) => {
-            const s =
-              a._tag === "Unix"
-                ? Net.connect({ path: a.path, allowHalfOpen: true })
-                : Net.connect({ host: a.host, port: a.port, allowHalfOpen: true, noDelay: true })
+            const s = Pipe.dial(a)
             s.once("connect", () => resume(Effect.succeed(s)))
             s.once("error", (e) => resume(Effect.fail(new ConnectError({ target, message: e.message, cause: e }))))
             return Effect.sync(() => s.destroy())
