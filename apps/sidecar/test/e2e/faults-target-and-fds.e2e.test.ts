@@ -229,11 +229,14 @@ describe("file descriptors run out", () => {
       await new Promise((r) => s.once("connect", r))
     }
     // Exactly the connections the sidecar closed are counted, and none reached a listener stage.
+    // Waited for until the sidecar has taken all 90 from its backlog (accepted or refused): a
+    // client's `connect` completes in the kernel before the sidecar accepts it.
     const refused = await waitUntil(
-      "the accept counter to match the connections the sidecar closed",
+      "the accept counter to match the connections the sidecar closed, all 90 taken",
       async () => {
         const n = await value(acceptRefused)
-        return n > 0 && n === closedBySidecar.size ? n : undefined
+        const accepted = await value('sleeve_connections_total{listener="in"}')
+        return n > 0 && n === closedBySidecar.size && n + accepted === raw.length ? n : undefined
       },
       { timeoutMs: 30_000, detail: () => `closed ${closedBySidecar.size}\n${d.output().slice(-2000)}` }
     )
@@ -338,7 +341,7 @@ describe("a listen address cannot be bound", () => {
   }, 60_000)
 
   it("at start, EACCES (a port below 1024 for an unprivileged user): exits 1 naming file, field, address and rule; nothing served", async () => {
-    // `sleeve run` as nobody (setpriv, util-linux), in a directory nobody may read.
+    // `sleeve run` without CAP_NET_BIND_SERVICE (setpriv, util-linux), in a directory of its own.
     const dir = await mkdtemp(join(tmpdir(), "sleeve-eacces-"))
     try {
       await chmod(dir, 0o755)
@@ -355,11 +358,18 @@ describe("a listen address cannot be bound", () => {
         ),
         { mode: 0o644 }
       )
-      // As root, drop to nobody first; an unprivileged runner already is one.
+      // As root, the capability to bind low ports is taken away (from the bounding and the
+      // inheritable sets, so that the exec cannot regain it); an unprivileged runner has none.
+      // (Not by becoming nobody: a clone in a `mktemp -d` folder, mode 0700, as CI makes it, is
+      // unreadable to nobody, and so is the artefact in it.)
       const args = [main, "run", "--config", "eacces.yaml"]
       const run =
         process.getuid?.() === 0
-          ? startDaemon("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", node, ...args], { cwd: dir })
+          ? startDaemon(
+              "setpriv",
+              ["--inh-caps=-net_bind_service", "--bounding-set=-net_bind_service", node, ...args],
+              { cwd: dir }
+            )
           : startDaemon(node, args, { cwd: dir })
       const exited = await run.exited
       const out = run.output()
